@@ -1,0 +1,1 @@
+"""Stage 1: the Torch reference model, checkpoint loading, and tracing to ONNX."""
