@@ -1,0 +1,98 @@
+"""One runner interface for every backend (Torch reference, ONNX Runtime, TensorRT), Polygraphy-style.
+
+A runner maps the io_spec feeds (numpy arrays by name) to the io_spec outputs. `KVSession` drives any runner
+through prefill and decode steps, threading `present.*` back into `past_key_values.*` — the loop is written once,
+not per backend.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from .. import io_spec
+from ..config import ModelArgs
+
+
+class Runner(Protocol):
+    name: str
+    args: ModelArgs
+    kv_dtype: np.dtype  # dtype of past/present tensors
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+class TorchRunner:
+    """The reference model as a runner."""
+
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.args: ModelArgs = model.args
+        self.dtype = next(model.parameters()).dtype
+        self.kv_dtype = torch.empty((), dtype=self.dtype).numpy().dtype if self.dtype != torch.bfloat16 else None
+
+    @torch.no_grad()
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = self.args.n_layers
+        tensors = [torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in io_spec.input_names(n)]
+        outputs = self.model(*tensors)
+        return {name: t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
+                for name, t in zip(io_spec.output_names(n), outputs)}
+
+
+def left_padded_position_ids(attention_mask: np.ndarray) -> np.ndarray:
+    """Positions count real tokens only, so a left-padded row sees the same positions as an unpadded one."""
+    positions = np.cumsum(attention_mask, axis=-1) - 1
+    return np.where(attention_mask == 0, 1, positions).astype(np.int64)
+
+
+class KVSession:
+    """Prefill then decode one token at a time through any runner's explicit KV cache."""
+
+    def __init__(self, runner: Runner):
+        self.runner = runner
+        self.args = runner.args
+        self.attention_mask: np.ndarray | None = None
+        self.past: dict[str, np.ndarray] = {}
+
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
+        """input_ids [batch, seq] (left-padded if ragged) → logits [batch, seq, vocab]."""
+        input_ids = np.asarray(input_ids, dtype=np.int64)
+        batch = input_ids.shape[0]
+        mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int64)
+        shape = (batch, self.args.kv_heads, 0, self.args.head_dim)
+        empty = np.zeros(shape, dtype=self.runner.kv_dtype or np.float32)
+        self.past = {name: empty for name in io_spec.past_names(self.args.n_layers)}
+        self.attention_mask = mask[:, :0]
+        return self._forward(input_ids, mask, left_padded_position_ids(mask))
+
+    def step(self, token_ids: np.ndarray) -> np.ndarray:
+        """token_ids [batch] or [batch, 1] → logits [batch, 1, vocab]."""
+        if self.attention_mask is None:
+            raise RuntimeError("step() before prefill()")
+        token_ids = np.asarray(token_ids, dtype=np.int64).reshape(-1, 1)
+        new_mask = np.ones_like(token_ids)
+        positions = self.attention_mask.sum(axis=-1, keepdims=True).astype(np.int64)
+        return self._forward(token_ids, new_mask, positions)
+
+    @property
+    def length(self) -> int:
+        return 0 if self.attention_mask is None else self.attention_mask.shape[1]
+
+    def _forward(self, input_ids, new_mask, position_ids) -> np.ndarray:
+        mask = np.concatenate([self.attention_mask, new_mask], axis=1)
+        feeds = {
+            io_spec.INPUT_IDS: input_ids,
+            io_spec.POSITION_IDS: position_ids,
+            io_spec.ATTENTION_MASK: mask,
+            **self.past,
+        }
+        outputs = self.runner.run(feeds)
+        n = self.args.n_layers
+        self.past = {p: outputs[q] for p, q in zip(io_spec.past_names(n), io_spec.present_names(n))}
+        self.attention_mask = mask
+        return outputs[io_spec.LOGITS]
