@@ -68,24 +68,24 @@ class ModelArgs:
         norms = 2 * d
         return 2 * self.vocab_size * d + self.n_layers * (attention + feed_forward + norms) + d
 
-    def replace(self, **changes) -> "ModelArgs":
+    def replace(self, **changes) -> ModelArgs:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelArgs":
+    def from_dict(cls, data: dict) -> ModelArgs:
         data = dict(data)
         if data.get("rope_scaling") is not None:
             data["rope_scaling"] = RopeScaling(**data["rope_scaling"])
         return cls(**data)
 
 
-_LLAMA1 = dict(vocab_size=32000, norm_eps=1e-6, max_seq_len=2048, family="llama")
-_LLAMA2 = dict(vocab_size=32000, norm_eps=1e-5, max_seq_len=4096, family="llama2")
-_LLAMA3 = dict(vocab_size=128256, norm_eps=1e-5, rope_theta=500000.0, max_seq_len=8192,
-               ffn_dim_multiplier=1.3, family="llama3")
+_LLAMA1 = {"vocab_size": 32000, "norm_eps": 1e-6, "max_seq_len": 2048, "family": "llama"}
+_LLAMA2 = {"vocab_size": 32000, "norm_eps": 1e-5, "max_seq_len": 4096, "family": "llama2"}
+_LLAMA3 = {"vocab_size": 128256, "norm_eps": 1e-5, "rope_theta": 500000.0, "max_seq_len": 8192,
+               "ffn_dim_multiplier": 1.3, "family": "llama3"}
 
 # fmt: off
 SIZES: dict[str, ModelArgs] = {

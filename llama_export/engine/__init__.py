@@ -1,0 +1,1 @@
+"""Stage 4: TensorRT / TensorRT-RTX engines from an exported ONNX model."""

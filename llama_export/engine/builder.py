@@ -1,0 +1,157 @@
+"""Build a strongly typed engine with TensorRT or TensorRT-RTX.
+
+Both expose the same Python builder API (module `tensorrt` or `tensorrt_rtx`); everything here runs on
+either. Precision comes from the ONNX types and Q/DQ nodes: no FP16/INT8 builder flags (TensorRT 11 removed
+them; TensorRT-RTX never had them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import ModelArgs
+from ..errors import UserError
+from .profiles import ProfileLimits, input_shapes
+
+BUILDER_MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
+INSTALL_HINT = ("install one: pip install 'llama-export[tensorrt-rtx]' (TensorRT for RTX, builds on CPU) or "
+                "'llama-export[tensorrt]' (needs NVIDIA's package index)")
+
+
+class EngineError(UserError):
+    """The builder refused the model; the message names the node or profile at fault."""
+
+
+def find_builder(choice: str = "auto"):
+    """(name, module) of the requested builder, or None for auto with nothing installed."""
+    names = list(BUILDER_MODULES) if choice == "auto" else [choice]
+    for name in names:
+        if name not in BUILDER_MODULES:
+            raise UserError(f"unknown builder {name!r}; choose auto, {', '.join(BUILDER_MODULES)}")
+        try:
+            return name, importlib.import_module(BUILDER_MODULES[name])
+        except ImportError:
+            continue
+    if choice != "auto":
+        raise UserError(f"builder {choice} is not installed; {INSTALL_HINT}")
+    return None
+
+
+@dataclass
+class EngineBuild:
+    plan: Path
+    builder: str
+    builder_version: str
+    limits: dict
+    profiles: dict  # {profile: {input: [min, opt, max]}}
+    flags: list[str]
+    compute_capabilities: list[str]
+    seconds: float
+    sha256: str = ""
+    timing_cache: str | None = None
+    plugins: list[str] = field(default_factory=list)
+
+    def to_manifest(self) -> dict:
+        return {
+            "file": self.plan.name,
+            "builder": self.builder,
+            "builder_version": self.builder_version,
+            "limits": self.limits,
+            "profiles": self.profiles,
+            "flags": self.flags,
+            "compute_capabilities": self.compute_capabilities,
+            "sha256": self.sha256,
+            "plugins": self.plugins,
+        }
+
+
+def _parse(trt, onnx_path: Path, logger):
+    builder = trt.Builder(logger)
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    flags = 0 if strongly_typed is None else 1 << int(strongly_typed)  # TensorRT 11: strongly typed is the default
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [parser.get_error(i) for i in range(parser.num_errors)]
+        first = errors[0]
+        raise EngineError(
+            f"{onnx_path.name}: the ONNX parser rejected node {first.node_name() or '#' + str(first.node())} "
+            f"(op {first.node_operator() or '?'}): {first.desc()}"
+            + (f" (+{len(errors) - 1} more errors)" if len(errors) > 1 else "")
+        )
+    return builder, network, parser
+
+
+def compute_capabilities(trt, config) -> list[str]:
+    """What the plan targets: TensorRT-RTX builds portable plans (default set) unless told otherwise;
+    full TensorRT targets the GPU it builds on."""
+    if hasattr(config, "num_compute_capabilities"):
+        chosen = [str(config.get_compute_capability(i)) for i in range(config.num_compute_capabilities)]
+        return chosen or ["portable: TensorRT-RTX default set (SM80, SM86, SM89, SM120)"]
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability()
+            return [f"SM{major}{minor} ({torch.cuda.get_device_name()})"]
+    except ImportError:
+        pass
+    return ["the build GPU"]
+
+
+def build_engine(onnx_path: Path, args: ModelArgs, plan_path: Path, limits: ProfileLimits | None = None,
+                 builder: str = "auto", timing_cache: Path | None = None, verbose: bool = False) -> EngineBuild:
+    limits = limits or ProfileLimits()
+    found = find_builder(builder)
+    if found is None:
+        raise UserError(f"no TensorRT builder is installed; {INSTALL_HINT}")
+    name, trt = found
+    logger = trt.Logger(trt.Logger.INFO if verbose else trt.Logger.ERROR)
+    shapes = input_shapes(args, limits)
+    start = time.perf_counter()
+    trt_builder, network, _parser = _parse(trt, Path(onnx_path), logger)
+    config = trt_builder.create_builder_config()
+
+    network_inputs = {network.get_input(i).name for i in range(network.num_inputs)}
+    for profile_name, per_input in shapes.items():
+        missing = set(per_input) - network_inputs
+        if missing:
+            raise EngineError(f"{Path(onnx_path).name} lacks inputs {sorted(missing)} that io_spec names; re-export it")
+        profile = trt_builder.create_optimization_profile()
+        for input_name, (lo, opt, hi) in per_input.items():
+            profile.set_shape(input_name, lo, opt, hi)
+        if config.add_optimization_profile(profile) < 0:
+            raise EngineError(f"TensorRT refused the {profile_name} optimization profile {per_input}")
+
+    if timing_cache is not None and Path(timing_cache).is_file():
+        cache = config.create_timing_cache(Path(timing_cache).read_bytes())
+    else:
+        cache = config.create_timing_cache(b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+
+    serialized = trt_builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineError(f"{name} could not build {Path(onnx_path).name} (rerun with --verbose for the builder log)")
+    data = bytes(serialized)
+    Path(plan_path).write_bytes(data)
+    if timing_cache is not None:
+        tmp = Path(f"{timing_cache}.tmp-{os.getpid()}")
+        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+        tmp.replace(timing_cache)
+    return EngineBuild(
+        plan=Path(plan_path),
+        builder=name,
+        builder_version=trt.__version__,
+        limits=limits.to_dict(),
+        profiles={p: {n: [list(s) for s in v] for n, v in per_input.items()} for p, per_input in shapes.items()},
+        flags=["STRONGLY_TYPED"],
+        compute_capabilities=compute_capabilities(trt, config),
+        seconds=time.perf_counter() - start,
+        sha256=hashlib.sha256(data).hexdigest(),
+        timing_cache=str(timing_cache) if timing_cache else None,
+    )
