@@ -3,27 +3,35 @@
 Every source yields tensors under the reference model's names (Meta's names) in the reference model's
 rotate-half RoPE layout, one tensor at a time, so the exporter can stream a 70B checkpoint with bounded memory.
 
-Sources:
+Sources (`open_checkpoint` picks one from what a folder holds):
+- Meta consolidated: `params.json` + `consolidated.NN.pth` model-parallel shards (meta_format.py).
+- Hugging Face: `config.json` + `model.safetensors` or a sharded index (hf_format.py).
+- SafetensorsCheckpoint: our own format, `params.json` (ModelArgs) + `model.safetensors` (format=llama-export).
 - RandomCheckpoint: a named size + seed. Each tensor is generated from its own seed, so streaming one tensor
   gives the same values as building the whole model.
-- SafetensorsCheckpoint: our own format, `params.json` (ModelArgs) + `model.safetensors`.
+
+Loading is strict and fails early: every source checks the tensor names and shapes it *would* produce against
+`expected_shapes(args)` from file headers alone (safetensors headers, mmapped .pth shards) before any data is
+read, and each problem is one `UserError` line naming the file or tensor and what to do.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
 
-from ..config import ModelArgs
+from ..config import SIZES, ModelArgs
 from ..errors import UserError
 from .model import Transformer
 
 INIT_STD = 0.02
+OWN_FORMAT = "llama-export"
 
 
 def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
@@ -89,26 +97,203 @@ class RandomCheckpoint(Checkpoint):
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
-OWN_FORMAT = "llama-export"
+# ---------------------------------------------------------------------------------------------------------------
+# Strict checks shared by every file format
+
+
+def some(names: Iterable[str], limit: int = 4) -> str:
+    """'a, b, c, d and 3 more'."""
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def fmt_shape(shape: Iterable[int]) -> str:
+    return "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def read_json(path: Path, what: str = "") -> dict:
+    """A JSON object from `path`, or a UserError saying why not."""
+    if not path.is_file():
+        raise UserError(f"{path} is missing{what}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); fix or re-download it") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+def args_from(make: Callable[[], ModelArgs], path: Path) -> ModelArgs:
+    """Build ModelArgs, turning bad or inconsistent values into a UserError naming the config file."""
+    try:
+        return make()
+    except (TypeError, ValueError, KeyError) as exc:
+        detail = f"lacks the key {exc.args[0]!r}" if isinstance(exc, KeyError) else f"is inconsistent: {exc}"
+        raise UserError(f"{path} {detail}; fix it or use the file that came with these weights") from None
+
+
+def with_known_size(args: ModelArgs, max_seq_len: int | None) -> ModelArgs:
+    """Name the family (and context length, when the file does not say) after a matching size in SIZES."""
+    for known in SIZES.values():
+        if args.replace(family=known.family, max_seq_len=known.max_seq_len) == known:
+            return args.replace(family=known.family, max_seq_len=max_seq_len or known.max_seq_len)
+    return args if max_seq_len is None else args.replace(max_seq_len=max_seq_len)
+
+
+SAFETENSORS_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL", "F8_E4M3", "F8_E5M2",
+                      "U16", "U32", "U64", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "C64"}
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """({tensor name: shape}, metadata) from a .safetensors header, checking the file is complete.
+
+    Reads only the header, so a 100 GB checkpoint is checked in milliseconds.
+    """
+    what = "re-download or re-save it"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            n = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+            if n <= 1 or n > min(size - 8, 1 << 28):
+                raise UserError(f"{path} is not a safetensors file (or is cut short inside its header); {what}")
+            raw = f.read(n)
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        header = json.loads(raw)
+        metadata = header.pop("__metadata__", None) or {}
+        shapes, end = {}, 0
+        for name, entry in header.items():
+            begin, stop = entry["data_offsets"]
+            if entry["dtype"] not in SAFETENSORS_DTYPES or not all(isinstance(s, int) for s in entry["shape"]):
+                raise ValueError(name)
+            shapes[name] = tuple(entry["shape"])
+            end = max(end, stop, begin)
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        raise UserError(f"{path} is not a safetensors file (its header is not a valid safetensors header); "
+                        f"{what}") from None
+    if 8 + n + end > size:
+        raise UserError(f"{path} is truncated: its header describes {8 + n + end} bytes but the file has {size}; "
+                        f"{what}")
+    return shapes, dict(metadata)
+
+
+class SafetensorsFiles:
+    """Tensors read on demand from open .safetensors files (one handle per file)."""
+
+    def __init__(self):
+        self._handles: dict[Path, object] = {}
+
+    def get(self, path: Path, name: str) -> torch.Tensor:
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            if path not in self._handles:
+                self._handles[path] = safe_open(str(path), framework="pt")
+            return self._handles[path].get_tensor(name)
+        except SafetensorError as exc:
+            raise UserError(f"cannot read {name} from {path} ({exc}); the file is damaged: re-download it") from None
+
+
+# What each tensor axis must equal, so a config that contradicts the weights is named as such rather than as a
+# wall of mis-shaped tensors. Quantity -> [(name suffix, axis)].
+_AXES = {
+    "dim": [("tok_embeddings.weight", 1), ("norm.weight", 0), ("output.weight", 1), ("attention.wq.weight", 1),
+            ("attention.wo.weight", 0), ("feed_forward.w1.weight", 1), ("feed_forward.w2.weight", 0)],
+    "vocab_size": [("tok_embeddings.weight", 0), ("output.weight", 0)],
+    "n_kv_heads": [("attention.wk.weight", 0), ("attention.wv.weight", 0)],
+    "hidden_dim": [("feed_forward.w1.weight", 0), ("feed_forward.w3.weight", 0), ("feed_forward.w2.weight", 1)],
+}
+_LAYER = re.compile(r"layers\.(\d+)\.")
+META_KEYS = {"dim": "dim", "n_layers": "n_layers", "vocab_size": "vocab_size", "n_kv_heads": "n_kv_heads",
+             "hidden_dim": "hidden_dim"}
+
+
+def check_tensors(args: ModelArgs, found: dict[str, tuple[int, ...]], *, source: str, config: str,
+                  unmapped: Iterable[str] = (), label: Callable[[str], str] = str,
+                  keys: dict[str, str] = META_KEYS) -> None:
+    """Raise a UserError unless `found` (our names -> shapes) is exactly what `args` needs.
+
+    `unmapped` are source tensor names with no counterpart in the model; `label` turns our names back into the
+    source's names for messages; `keys` names each hyper-parameter as the config file spells it.
+    """
+    expected = expected_shapes(args)
+    short = Path(config).name  # the full path is in the message once already
+    layers = {int(m.group(1)) for n in found if (m := _LAYER.match(n))}
+    if layers and max(layers) + 1 != args.n_layers:
+        raise UserError(f"{config} says {keys['n_layers']}={args.n_layers} but {source} holds {max(layers) + 1} "
+                        f"layers; {short} does not belong to these weights: fix it or use the matching one")
+    wanted = {"dim": args.dim, "vocab_size": args.vocab_size, "n_kv_heads": args.kv_heads * args.head_dim,
+              "hidden_dim": args.hidden_dim}
+    for quantity, axes in _AXES.items():
+        seen = [(n, found[n]) for n in found if any(n.endswith(s) and len(found[n]) > a for s, a in axes)]
+        values = {shape[a] for n, shape in seen for s, a in axes if n.endswith(s)}
+        if len(seen) >= 2 and len(values) == 1 and wanted[quantity] not in values:
+            (got,) = values
+            said = f"{keys[quantity]}={getattr(args, quantity)}"
+            if quantity == "n_kv_heads":
+                said = f"{keys[quantity]}={args.kv_heads} (k/v width {args.kv_heads * args.head_dim})"
+                got = f"width {got}"
+            elif quantity == "hidden_dim" and keys[quantity] == "hidden_dim":
+                said += f" (from multiple_of={args.multiple_of}, ffn_dim_multiplier={args.ffn_dim_multiplier})"
+            name, shape = seen[0]
+            raise UserError(f"{config} says {said} but the tensors say {got} ({label(name)} is {fmt_shape(shape)}"
+                            f" in {source}); {short} does not belong to these weights: fix it or use the "
+                            "matching one")
+    missing = [n for n in expected if n not in found]
+    if missing:
+        raise UserError(f"{source} is missing {len(missing)} tensor(s): {some(map(label, missing))}; the "
+                        "checkpoint is incomplete: re-download or re-convert it")
+    unexpected = [*unmapped, *(label(n) for n in found if n not in expected)]
+    if unexpected:
+        raise UserError(f"{source} has {len(unexpected)} unexpected tensor(s): {some(unexpected)}; is it a LLaMA "
+                        f"checkpoint, and is {config} the one for these weights?")
+    wrong = [n for n in expected if tuple(found[n]) != expected[n]]
+    if wrong:
+        shown = "; ".join(f"{label(n)} is {fmt_shape(found[n])}, expected {fmt_shape(expected[n])}"
+                          for n in wrong[:3])
+        more = f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else ""
+        raise UserError(f"{source} has {len(wrong)} mis-shaped tensor(s): {shown}{more}; the checkpoint is damaged "
+                        f"or {short} does not match it")
+
+
+def files_fingerprint(paths: Iterable[Path]) -> str:
+    """sha256 over the named files' own sha256s, in order (config first, then weights)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(f"{path.name}:{file_sha256(path)}\n".encode())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Our own format
 
 
 class SafetensorsCheckpoint(Checkpoint):
     """Our own format: `params.json` (ModelArgs fields) + `model.safetensors` (reference names, rotate-half)."""
 
     def __init__(self, folder: Path):
-        from safetensors import safe_open
-
         self.folder = Path(folder)
-        self.args = ModelArgs.from_dict(json.loads((self.folder / "params.json").read_text()))
+        params = self.folder / "params.json"
+        self.args = args_from(lambda: ModelArgs.from_dict(read_json(params)), params)
         self.path = self.folder / "model.safetensors"
-        self._file = safe_open(str(self.path), framework="pt")
+        if not self.path.is_file():
+            raise UserError(f"{self.path} is missing; a llama-export checkpoint has params.json + model.safetensors")
+        shapes, metadata = read_safetensors_header(self.path)
+        if metadata.get("format") != OWN_FORMAT:
+            raise UserError(f"{self.path} is not a llama-export checkpoint (no format={OWN_FORMAT} metadata); "
+                            "write it with llama_export.exporter.checkpoints.save_checkpoint")
+        if metadata.get("rope_layout", "rotate_half") != "rotate_half":
+            raise UserError(f"{self.path} says rope_layout={metadata['rope_layout']}; only rotate_half is supported")
+        check_tensors(self.args, shapes, source=str(self.path), config=str(params))
+        self._files = SafetensorsFiles()
         self.description = str(self.folder)
 
-    def names(self) -> list[str]:
-        return list(expected_shapes(self.args))
-
     def tensor(self, name: str) -> torch.Tensor:
-        return self._file.get_tensor(name)
+        return self._files.get(self.path, name)
 
     def fingerprint(self) -> str:
         return file_sha256(self.path)
@@ -124,6 +309,47 @@ def save_checkpoint(state_dict: dict[str, torch.Tensor], args: ModelArgs, folder
     tensors = {n: (t if dtype is None else t.to(dtype)).contiguous() for n, t in state_dict.items()}
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": OWN_FORMAT, "rope_layout": "rotate_half"})
     (folder / "params.json").write_text(json.dumps(args.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Open a checkpoint folder (or a file inside one), detecting its format. Raises UserError when unusable.
+
+    Meta consolidated (`consolidated.*.pth`), llama-export (`params.json` + `model.safetensors` with our
+    metadata), Hugging Face (`config.json` + `model.safetensors` or `model.safetensors.index.json`).
+    """
+    from .hf_format import HFCheckpoint
+    from .meta_format import MetaCheckpoint
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist; pass a checkpoint folder (or use --size for random "
+                        "weights)")
+    folder = path
+    if path.is_file():
+        if path.suffix == ".safetensors":
+            read_safetensors_header(path)  # a broken file is the first thing to report
+        folder = path.parent
+    has = {p.name for p in folder.iterdir()}
+    if any(re.fullmatch(r"consolidated\.\d+\.pth", n) for n in has):
+        return MetaCheckpoint(folder)
+    if "model.safetensors" in has and "params.json" in has:
+        _, metadata = read_safetensors_header(folder / "model.safetensors")
+        if metadata.get("format") == OWN_FORMAT or "config.json" not in has:
+            return SafetensorsCheckpoint(folder)
+    if "config.json" in has:
+        if "model.safetensors" in has or "model.safetensors.index.json" in has:
+            return HFCheckpoint(folder)
+        if any(n.endswith(".bin") for n in has):
+            raise UserError(f"{folder} holds a Hugging Face checkpoint in .bin format; only safetensors is "
+                            "supported: re-save it with save_pretrained(..., safe_serialization=True)")
+        raise UserError(f"{folder} has config.json but no model.safetensors or model.safetensors.index.json")
+    raise UserError(f"{path} is not a recognised checkpoint: expected a folder with params.json + "
+                    "consolidated.NN.pth (Meta), config.json + model.safetensors (Hugging Face), or params.json + "
+                    "model.safetensors (llama-export)")
 
 
 def load_model(checkpoint: Checkpoint, dtype: torch.dtype = torch.float32) -> Transformer:
@@ -142,5 +368,18 @@ def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["Checkpoint", "RandomCheckpoint", "SafetensorsCheckpoint", "expected_shapes", "file_sha256", "load_model",
-           "save_checkpoint"]
+def __getattr__(name: str):
+    """The format modules' public names, re-exported lazily (they import this module)."""
+    if name in ("MetaCheckpoint", "save_meta_checkpoint", "meta_params"):
+        from . import meta_format
+
+        return getattr(meta_format, name)
+    if name in ("HFCheckpoint", "hf_config", "from_hf_state_dict", "to_hf_state_dict"):
+        from . import hf_format
+
+        return getattr(hf_format, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["Checkpoint", "RandomCheckpoint", "SafetensorsCheckpoint", "check_tensors", "expected_shapes",
+           "file_sha256", "load_model", "open_checkpoint", "read_safetensors_header", "save_checkpoint"]

@@ -1,0 +1,28 @@
+"""Broken checkpoints through the real CLI: exit code 2 and one line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+CLI = [shutil.which("llama-export")] if shutil.which("llama-export") else [sys.executable, "-m", "llama_export.cli"]
+
+KINDS = ["missing_path", "missing_tensor", "unexpected_tensor", "misshaped_tensor", "contradicting_params",
+         "truncated_safetensors", "not_safetensors", "pth_non_tensor"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_generate_with_a_bad_checkpoint_prints_one_line_and_exits_2(make_bad_checkpoint, kind, tmp_path):
+    case = make_bad_checkpoint(kind)
+    result = subprocess.run([*CLI, "generate", "--checkpoint", str(case.path), "--prompt", "hi",
+                             "--max-new-tokens", "1"], check=False, capture_output=True, text=True, cwd=tmp_path,
+                            timeout=120)
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].strip(), result.stderr
+    for fragment in case.fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
