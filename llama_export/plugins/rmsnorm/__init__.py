@@ -1,0 +1,1 @@
+"""llama_export.RMSNorm: reference, ONNX function, Triton kernel, TensorRT plugin."""

@@ -1,0 +1,1 @@
+"""llama_export.RotaryEmbedding: reference, ONNX function, Triton kernel, TensorRT plugin."""
