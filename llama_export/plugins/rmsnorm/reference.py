@@ -21,6 +21,6 @@ class RMSNorm(OpRun):
 
     op_domain = spec.DOMAIN
 
-    def _run(self, x, weight, epsilon=None, plugin_namespace=None, aot=None):
+    def _run(self, x, weight, epsilon=None, **_):  # **_: TensorRT's plugin_namespace / aot
         eps = spec.RMSNORM.attribute("epsilon").default if epsilon is None else epsilon
         return (rms_norm(x, weight, eps),)

@@ -32,5 +32,7 @@ class RotaryEmbedding(OpRun):
 
     op_domain = spec.DOMAIN
 
-    def _run(self, x, cos, sin, interleaved=None, plugin_namespace=None, aot=None):
+    # **_: TensorRT attributes, and the ONNX RotaryEmbedding schema's defaults (num_heads, ...), which the
+    # evaluator adds because it looks schemas up by op name.
+    def _run(self, x, cos, sin, interleaved=None, **_):
         return (rotary_embedding(x, cos, sin, int(interleaved or 0)),)
