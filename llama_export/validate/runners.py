@@ -96,3 +96,44 @@ class KVSession:
         self.past = {p: outputs[q] for p, q in zip(io_spec.past_names(n), io_spec.present_names(n))}
         self.attention_mask = mask
         return outputs[io_spec.LOGITS]
+
+
+# ONNX type strings as ORT reports them -> numpy dtypes. bfloat16 has no numpy dtype of its own; ml_dtypes
+# (an onnx dependency) provides one that ORT accepts.
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+class OrtRunner:
+    """An exported model in ONNX Runtime (CPU). `graph_optimization_level` lets tests turn ORT's fusions off."""
+
+    name = "ort"
+
+    def __init__(self, model_path, args: ModelArgs, graph_optimization_level=None, intra_op_threads: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if graph_optimization_level is not None:
+            options.graph_optimization_level = graph_optimization_level
+        options.intra_op_num_threads = intra_op_threads
+        options.log_severity_level = 3  # ORT warns about every fp16 cast it inserts; errors still raise
+        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self.args = args
+        types = {i.name: i.type for i in self.session.get_inputs()}
+        kv_type = types[io_spec.past_key(0)]
+        if kv_type == "tensor(bfloat16)":
+            import ml_dtypes
+
+            self.kv_dtype = np.dtype(ml_dtypes.bfloat16)
+        else:
+            self.kv_dtype = np.dtype(_ORT_DTYPES[kv_type])
+        self._inputs = [i.name for i in self.session.get_inputs()]
+        self._outputs = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {name: self._cast(name, feeds[name]) for name in self._inputs}
+        return dict(zip(self._outputs, self.session.run(self._outputs, feeds)))
+
+    def _cast(self, name: str, array: np.ndarray) -> np.ndarray:
+        if name.startswith("past_key_values.") and array.dtype != self.kv_dtype:
+            return array.astype(self.kv_dtype)
+        return np.ascontiguousarray(array)

@@ -1,0 +1,224 @@
+"""Export stage: trace the reference model to ONNX on the meta device, then stream the weights into external data.
+
+Bounded memory: the graph is traced from a model whose parameters live on the meta device (no storage), saved
+without initializers, and every weight is then read from the checkpoint one tensor at a time, converted to the
+model dtype and appended to `model.onnx.data`. Peak memory is the largest single tensor (in the checkpoint's
+dtype plus its converted copy) plus the traced graph, whatever the model size.
+
+One graph serves prefill (past = 0) and decode (seq = 1); names and dims come from io_spec.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx_ir as ir
+import torch
+
+from .. import io_spec
+from ..config import ModelArgs
+from ..errors import UserError
+from .checkpoints import Checkpoint
+from .model import Transformer, rope_inv_freq
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+KV_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # io_spec / manifest spelling
+MIN_OPSET, DEFAULT_OPSET = 18, 23
+MODEL_FILE, DATA_FILE = "model.onnx", "model.onnx.data"
+# Offsets in the data file are page-aligned so runtimes can mmap each tensor in place.
+ALIGNMENT = 4096
+_IR_DTYPES = {torch.float32: ir.DataType.FLOAT, torch.float16: ir.DataType.FLOAT16,
+              torch.bfloat16: ir.DataType.BFLOAT16}
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    model_path: Path
+    data_path: Path
+    n_tensors: int
+    data_bytes: int
+
+
+def check_export_options(precision: str, opset: int) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if opset < MIN_OPSET:
+        raise UserError(f"--opset {opset} is too old: the export needs opset {MIN_OPSET} or newer "
+                        f"(default {DEFAULT_OPSET})")
+    return PRECISIONS[precision]
+
+
+def _example_inputs(args: ModelArgs, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """Meta tensors with distinct sizes for batch, seq and past, so the tracer cannot conflate the dims."""
+    batch, seq, past = 2, 3, 5
+    ids = torch.zeros((batch, seq), dtype=torch.int64, device="meta")
+    mask = torch.ones((batch, past + seq), dtype=torch.int64, device="meta")
+    kv = (batch, args.kv_heads, past, args.head_dim)
+    cache = [torch.zeros(kv, dtype=dtype, device="meta") for _ in range(2 * args.n_layers)]
+    return (ids, ids.clone(), mask, *cache)
+
+
+def _dynamic_shapes(n_layers: int) -> dict:
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    past = torch.export.Dim("past", min=0)
+    # total = past + seq: DYNAMIC lets the tracer derive the relation instead of us stating it.
+    return {
+        "input_ids": {0: batch, 1: seq},
+        "position_ids": {0: batch, 1: seq},
+        "attention_mask": {0: batch, 1: torch.export.Dim.DYNAMIC},
+        "past": tuple([{0: batch, 2: past}] * (2 * n_layers)),  # *past counts as one entry
+    }
+
+
+def trace_graph(args: ModelArgs, dtype: torch.dtype = torch.float32, opset: int = DEFAULT_OPSET) -> ir.Model:
+    """The reference model's graph with io_spec names and dims; initializers declared but without data."""
+    rope_inv_freq(args)  # fill the cache outside tracing so the lru_cache never holds a traced tensor
+    with torch.device("meta"):
+        model = Transformer(args).to(dtype).eval()
+    n = args.n_layers
+    with warnings.catch_warnings(), _quiet_exporter():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model, _example_inputs(args, dtype), dynamo=True, optimize=False, opset_version=opset,
+            dynamic_shapes=_dynamic_shapes(n), input_names=io_spec.input_names(n),
+            output_names=io_spec.output_names(n), verbose=False, report=False)
+    graph = program.model.graph
+    _apply_io_spec(graph, args, dtype)
+    _name_anonymous_dims(graph)
+    return program.model
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """torch.onnx prints progress ("[torch.onnx] Obtain model graph...") to stdout; keep stdout for our output."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _apply_io_spec(graph: ir.Graph, args: ModelArgs, dtype: torch.dtype) -> None:
+    """Give every input/output exactly io_spec's shape (the tracer names total `s53` or `past + seq`)."""
+    spec = io_spec.io_spec(args)
+    for values, tensors in ((graph.inputs, spec["inputs"]), (graph.outputs, spec["outputs"])):
+        if [v.name for v in values] != [t.name for t in tensors]:
+            raise RuntimeError(f"traced I/O {[v.name for v in values]} differ from io_spec")
+        for value, tensor in zip(values, tensors):
+            value.shape = ir.Shape(list(tensor.shape))
+
+
+def _name_anonymous_dims(graph: ir.Graph) -> None:
+    """Intermediate shapes carry the tracer's symbol names (`s53`, counters that grow with every export in a
+    process). Map them onto io_spec's names so identical inputs give byte-identical files."""
+    outputs = set(graph.outputs)
+    for node in graph:
+        for value in node.outputs:
+            if value.shape is None or value in outputs:
+                continue
+            value.shape = ir.Shape([_canonical_dim(d.value) if isinstance(d, ir.SymbolicDim) else d
+                                    for d in value.shape])
+
+
+def _canonical_dim(name: str | None) -> str | None:
+    """io_spec's names stay, `past + seq` is total; anything else (tracer counters like `s53`) is anonymous."""
+    if name is None:
+        return None
+    known = {io_spec.BATCH, io_spec.SEQ, io_spec.PAST, io_spec.TOTAL}
+    if name in known:
+        return name
+    parts = {p.strip() for p in name.split("+")}
+    return io_spec.TOTAL if parts == {io_spec.PAST, io_spec.SEQ} else None
+
+
+def _embed_constants(model: ir.Model, weight_names: set[str]) -> None:
+    """Tensors the tracer lifted out of forward (the RoPE inverse frequencies) are real, small CPU tensors:
+    keep them inside model.onnx as plain numpy-backed initializers."""
+    for name, value in model.graph.initializers.items():
+        if name in weight_names or value.const_value is None or _is_meta(value.const_value):
+            continue
+        value.const_value = ir.tensor(value.const_value.numpy().copy(), name=name)
+
+
+def _is_meta(tensor) -> bool:
+    raw = getattr(tensor, "raw", None)
+    return isinstance(raw, torch.Tensor) and raw.device.type == "meta"
+
+
+def write_weights(model: ir.Model, checkpoint: Checkpoint, dtype: torch.dtype, folder: Path,
+                  progress: Callable[[str], None] | None = None) -> tuple[int, int]:
+    """Stream the checkpoint into folder/model.onnx.data, pointing each initializer at its bytes.
+
+    Returns (tensors written, bytes written). The checkpoint must hold exactly the graph's initializers.
+    """
+    initializers = model.graph.initializers
+    names = checkpoint.names()
+    _embed_constants(model, set(names))
+    weights = {n for n, v in initializers.items() if _is_meta(v.const_value)}
+    if set(names) != weights:
+        missing = sorted(weights - set(names))
+        extra = sorted(set(names) - weights)
+        raise RuntimeError(f"graph initializers and checkpoint tensors differ: missing {missing[:4]}, "
+                           f"unexpected {extra[:4]}")
+    offset = 0
+    with open(folder / DATA_FILE, "wb") as f:
+        for name, tensor in checkpoint.iter_tensors():
+            converted = tensor.to(dtype).contiguous()
+            del tensor  # keep at most one source tensor alive
+            raw = converted.reshape(-1).view(torch.uint8).numpy()
+            value = initializers[name]
+            if tuple(converted.shape) != tuple(value.shape.numpy()):
+                raise RuntimeError(f"{name}: checkpoint shape {tuple(converted.shape)} != graph {value.shape}")
+            pad = -offset % ALIGNMENT
+            if pad:
+                f.write(b"\0" * pad)
+                offset += pad
+            f.write(memoryview(raw))
+            value.const_value = ir.ExternalTensor(DATA_FILE, offset, raw.nbytes, _IR_DTYPES[dtype],
+                                                  shape=ir.Shape(converted.shape), name=name, base_dir=folder)
+            offset += raw.nbytes
+            del raw, converted
+            if progress is not None:
+                progress(name)
+        f.flush()
+        os.fsync(f.fileno())
+    return len(names), offset
+
+
+def export_onnx(checkpoint: Checkpoint, folder: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
+                progress: Callable[[str], None] | None = None) -> ExportResult:
+    """Trace + stream weights into `folder` (which must exist): model.onnx and model.onnx.data.
+
+    `progress(name)` is called after each tensor is written. This writes into the folder directly; use
+    artifacts.staged_output for the interrupt-safe output folder.
+    """
+    dtype = check_export_options(precision, opset)
+    folder = Path(folder)
+    model = trace_graph(checkpoint.args, dtype, opset)
+    n_tensors, n_bytes = write_weights(model, checkpoint, dtype, folder, progress)
+    model_path = folder / MODEL_FILE
+    model.producer_name, model.producer_version = "llama-export", _version()
+    ir.save(model, model_path)
+    with open(model_path, "rb+") as f:
+        os.fsync(f.fileno())
+    return ExportResult(model_path, folder / DATA_FILE, n_tensors, n_bytes)
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("llama-export")
+
+
+__all__ = ["DATA_FILE", "DEFAULT_OPSET", "KV_DTYPE_NAMES", "MIN_OPSET", "MODEL_FILE", "PRECISIONS",
+           "ExportResult", "check_export_options", "export_onnx", "trace_graph", "write_weights"]
