@@ -72,6 +72,29 @@ def sizes(as_json: bool):
 
 @main.command()
 @model_options
+@click.option("--precision", default="fp32", show_default=True, help="fp32, fp16 or bf16 (typed graph).")
+@click.option("--opset", type=int, default=23, show_default=True, help="ONNX opset, 18 or newer.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Output folder (default: out/<size-or-checkpoint-name>-<precision>).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def export(size, checkpoint, random_init, seed, precision, opset, out, quiet):
+    """Export to ONNX: DIR/model.onnx + model.onnx.data + manifest.json (weights streamed, bounded memory)."""
+    from .exporter.export import check_export_options, export_to_folder
+    from .exporter.sources import resolve_checkpoint
+
+    check_export_options(precision, opset)
+    ckpt = resolve_checkpoint(size, checkpoint, random_init, seed)
+    if out is None:
+        name = checkpoint.absolute().name if checkpoint is not None else (size or "tiny").lower()
+        out = Path("out") / f"{name}-{precision}"
+    folder = export_to_folder(ckpt, out, precision, opset, quiet=quiet)
+    if not quiet:
+        click.echo(f"wrote {folder}", err=True)
+
+
+@main.command()
+@click.argument("folder", required=False, type=click.Path(path_type=Path))
+@model_options
 @click.option("--prompt", required=True, help="Text to continue.")
 @click.option("--max-new-tokens", type=click.IntRange(min=0), default=64, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
@@ -79,39 +102,41 @@ def sizes(as_json: bool):
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
 @click.option("--sample-seed", type=int, default=0, show_default=True, help="Seed for sampling.")
 @click.option("--tokenizer", type=click.Path(path_type=Path), help="tokenizer.model (default: next to the weights).")
-@click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True)
-def generate(size, checkpoint, random_init, seed, prompt, max_new_tokens, temperature, top_p, sample_seed,
+@click.option("--backend", type=click.Choice(["torch", "ort"]), default=None,
+              help="torch (default; the reference model) or ort (ONNX Runtime on an exported FOLDER).")
+def generate(folder, size, checkpoint, random_init, seed, prompt, max_new_tokens, temperature, top_p, sample_seed,
              tokenizer, backend):
-    """Continue a prompt, streaming tokens to stdout."""
-    from .exporter.checkpoints import load_model
-    from .exporter.sources import TINY_ASSET, resolve_checkpoint
+    """Continue a prompt, streaming tokens to stdout. FOLDER: an exported output folder (runs with --backend ort)."""
+    from .exporter.sources import TINY_ASSET
     from .exporter.tokenizer import Tokenizer, find_tokenizer
     from .validate.generation import Sampling, generate_tokens
-    from .validate.runners import TorchRunner
 
-    ckpt = resolve_checkpoint(size, checkpoint, random_init, seed)
-    model = load_model(ckpt)
-    if tokenizer is not None:
-        tokenizer_path = tokenizer
-    elif checkpoint is not None:
-        tokenizer_path = find_tokenizer(checkpoint if checkpoint.is_dir() else checkpoint.parent)
-    elif (size or "tiny").lower() == "tiny" and not random_init:
-        tokenizer_path = find_tokenizer(TINY_ASSET)
+    if folder is not None:
+        runner, tokenizer_path, args, what = _folder_runner(folder, backend or "ort", size, checkpoint, random_init)
+        tokenizer_path = tokenizer or tokenizer_path
     else:
-        tokenizer_path = None
+        if backend == "ort":
+            raise UserError("--backend ort runs an exported folder: llama-export generate DIR --backend ort "
+                            "(create DIR with llama-export export)")
+        from .exporter.checkpoints import load_model
+        from .exporter.sources import resolve_checkpoint
+        from .validate.runners import TorchRunner
+
+        ckpt = resolve_checkpoint(size, checkpoint, random_init, seed)
+        runner, args, what = TorchRunner(load_model(ckpt)), ckpt.args, ckpt.description
+        tokenizer_path = _checkpoint_tokenizer(tokenizer, checkpoint, size, random_init, TINY_ASSET, find_tokenizer)
     if tokenizer_path is None:
-        raise UserError(f"no tokenizer for {ckpt.description}; pass --tokenizer PATH to a tokenizer.model")
+        raise UserError(f"no tokenizer for {what}; pass --tokenizer PATH to a tokenizer.model")
     tok = Tokenizer(tokenizer_path)
-    if tok.vocab_size > ckpt.args.vocab_size:
+    if tok.vocab_size > args.vocab_size:
         raise UserError(f"tokenizer {tok.path} has {tok.vocab_size} tokens but the model only "
-                        f"{ckpt.args.vocab_size}; pass the model's own tokenizer")
-    runner = TorchRunner(model)
+                        f"{args.vocab_size}; pass the model's own tokenizer")
     ids = tok.encode(prompt)
     click.echo(prompt, nl=False)
     produced: list[int] = []
     shown = ""
     stream = generate_tokens(runner, ids, max_new_tokens, Sampling(temperature, top_p, sample_seed),
-                             stop_ids=frozenset({tok.eos_id}), max_length=ckpt.args.max_seq_len)
+                             stop_ids=frozenset({tok.eos_id}), max_length=args.max_seq_len)
     for token in stream:
         produced.append(token)
         # Decode the whole continuation each time: SentencePiece pieces only read right in context.
@@ -119,6 +144,30 @@ def generate(size, checkpoint, random_init, seed, prompt, max_new_tokens, temper
         click.echo(text[len(shown):], nl=False)
         shown = text
     click.echo()
+
+
+def _folder_runner(folder, backend, size, checkpoint, random_init):
+    """(runner, tokenizer path, args, description) for an exported folder."""
+    from .exporter.artifacts import load_manifest
+    from .validate.runners import OrtRunner
+
+    if size is not None or checkpoint is not None or random_init:
+        raise UserError("give either an exported FOLDER or --size/--checkpoint, not both")
+    if backend != "ort":
+        raise UserError(f"--backend {backend} with an exported folder is not supported yet; use --backend ort, "
+                        "or --checkpoint PATH for the torch reference")
+    built = load_manifest(folder)
+    return OrtRunner(built.model_path, built.args), built.tokenizer_path, built.args, str(folder)
+
+
+def _checkpoint_tokenizer(tokenizer, checkpoint, size, random_init, tiny_asset, find_tokenizer):
+    if tokenizer is not None:
+        return tokenizer
+    if checkpoint is not None:
+        return find_tokenizer(checkpoint if checkpoint.is_dir() else checkpoint.parent)
+    if (size or "tiny").lower() == "tiny" and not random_init:
+        return find_tokenizer(tiny_asset)
+    return None
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import contextlib
 import io
 import logging
 import os
+import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import onnx_ir as ir
 import torch
 
 from .. import io_spec
-from ..config import ModelArgs
+from ..config import SIZES, ModelArgs
 from ..errors import UserError
 from .checkpoints import Checkpoint
 from .model import Transformer, rope_inv_freq
@@ -92,7 +93,19 @@ def trace_graph(args: ModelArgs, dtype: torch.dtype = torch.float32, opset: int 
     graph = program.model.graph
     _apply_io_spec(graph, args, dtype)
     _name_anonymous_dims(graph)
+    _strip_trace_metadata(graph)
     return program.model
+
+
+def _strip_trace_metadata(graph: ir.Graph) -> None:
+    """The tracer records each node's Python stack trace and module path (absolute file paths, most of the
+    file's size); drop them so the model depends on the inputs only."""
+    for node in graph:
+        node.metadata_props.clear()
+        for value in node.outputs:
+            value.metadata_props.clear()
+    for value in [*graph.inputs, *graph.initializers.values()]:
+        value.metadata_props.clear()
 
 
 @contextlib.contextmanager
@@ -214,6 +227,82 @@ def export_onnx(checkpoint: Checkpoint, folder: str | Path, precision: str = "fp
     return ExportResult(model_path, folder / DATA_FILE, n_tensors, n_bytes)
 
 
+def export_to_folder(checkpoint: Checkpoint, out_dir: str | Path, precision: str = "fp32",
+                     opset: int = DEFAULT_OPSET, quiet: bool = False) -> Path:
+    """The `export` command as a library call: DIR/model.onnx, model.onnx.data, tokenizer.model (when there is
+    one) and manifest.json, written to a staging sibling and renamed into place at the end. Returns DIR."""
+    from . import artifacts
+
+    check_export_options(precision, opset)  # fail before creating anything
+    out_dir = Path(out_dir).absolute()
+    with artifacts.staged_output(out_dir) as staging, _progress_bar(checkpoint, quiet) as progress:
+        result = export_onnx(checkpoint, staging, precision, opset, progress)
+        tokenizer = find_tokenizer_for(checkpoint)
+        if tokenizer is not None:
+            shutil.copyfile(tokenizer, staging / artifacts.TOKENIZER)
+        artifacts.write_manifest(staging, manifest_content(checkpoint, precision, opset, result))
+    return out_dir
+
+
+def manifest_content(checkpoint: Checkpoint, precision: str, opset: int, result: ExportResult) -> dict:
+    from . import artifacts
+
+    args = checkpoint.args
+    return {
+        "format": "llama-export/1",
+        "size": _size_name(args),
+        "args": args.to_dict(),
+        "checkpoint": {"description": checkpoint.description, "fingerprint": checkpoint.fingerprint()},
+        "precision": precision,
+        "opset": opset,
+        "target": "none",
+        "model": MODEL_FILE,
+        "external_data": DATA_FILE,
+        "tool": artifacts.tool_info(),
+        "libraries": artifacts.library_versions(),
+        "io": io_spec.io_spec_json(args, KV_DTYPE_NAMES[precision]),
+    }
+
+
+def _size_name(args: ModelArgs) -> str | None:
+    return next((name for name, known in SIZES.items() if known == args), None)
+
+
+def find_tokenizer_for(checkpoint: Checkpoint) -> Path | None:
+    """The checkpoint folder's tokenizer.model; for random weights, the tiny asset's when its vocabulary fits
+    (a stand-in so `generate DIR` works on a random export)."""
+    from .sources import TINY_ASSET
+
+    folder = getattr(checkpoint, "folder", None)
+    if folder is not None:
+        candidate = Path(folder) / "tokenizer.model"
+        return candidate if candidate.is_file() else None
+    candidate = TINY_ASSET / "tokenizer.model"
+    if candidate.is_file() and checkpoint.args.vocab_size >= SIZES["tiny"].vocab_size:
+        return candidate
+    return None
+
+
+@contextlib.contextmanager
+def _progress_bar(checkpoint: Checkpoint, quiet: bool):
+    """A rich bar over tensors on stderr, or a no-op when quiet."""
+    if quiet:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("{task.fields[tensor]}"))
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task("tracing", total=len(checkpoint.names()), tensor="")
+
+        def advance(name: str) -> None:
+            bar.update(task, advance=1, description="weights", tensor=name)
+
+        yield advance
+
+
 def _version() -> str:
     from importlib.metadata import version
 
@@ -221,4 +310,5 @@ def _version() -> str:
 
 
 __all__ = ["DATA_FILE", "DEFAULT_OPSET", "KV_DTYPE_NAMES", "MIN_OPSET", "MODEL_FILE", "PRECISIONS",
-           "ExportResult", "check_export_options", "export_onnx", "trace_graph", "write_weights"]
+           "ExportResult", "check_export_options", "export_onnx", "export_to_folder", "find_tokenizer_for",
+           "manifest_content", "trace_graph", "write_weights"]

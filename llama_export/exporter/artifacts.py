@@ -1,0 +1,127 @@
+"""The output folder (`--out DIR`): interrupt-safe staging, manifest.json, and reading a built folder back.
+
+A build writes into a temporary sibling `.DIR.tmp-XXXX` and renames it into place only when everything is
+written, so an interrupted build never leaves a DIR that looks complete (a previous DIR stays intact until the
+final rename). manifest.json is deterministic: sorted keys, no timestamps, so identical inputs give identical
+bytes. Later stages (build, validate, triton) reuse `staged_output`, `write_manifest` and `load_manifest`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from ..config import ModelArgs
+from ..errors import UserError
+from .checkpoints import file_sha256
+
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.model"
+LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxscript", "onnx_ir")
+_DISTRIBUTIONS = {"onnx_ir": "onnx-ir"}
+
+
+@contextlib.contextmanager
+def staged_output(out_dir: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces `out_dir`, on any exception (KeyboardInterrupt
+    included) it is removed and `out_dir` is left as it was."""
+    out_dir = Path(out_dir).absolute()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} exists and is not a folder; choose another path")
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        yield staging
+        _replace_dir(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Two renames: the old DIR moves aside, the new one moves in; no moment has a half-written DIR."""
+    new.chmod(0o755)  # mkdtemp makes it 0700
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.replace(target, old / target.name)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(_DISTRIBUTIONS.get(name, name))
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def tool_info() -> dict:
+    return {"name": "llama-export", "version": metadata.version("llama-export"),
+            "python": platform.python_version()}
+
+
+def file_entries(folder: Path) -> dict[str, dict]:
+    """Every file under `folder` except the manifest: relative path -> sha256 and size."""
+    entries = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel != MANIFEST:
+            entries[rel] = {"sha256": file_sha256(path), "size": path.stat().st_size}
+    return entries
+
+
+def write_manifest(folder: Path, content: dict) -> Path:
+    """manifest.json = `content` + the file list; sorted keys and no timestamps so it is reproducible."""
+    manifest = {**content, "files": file_entries(folder)}
+    path = folder / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """A built output folder as later stages see it."""
+
+    folder: Path
+    manifest: dict
+    args: ModelArgs
+    precision: str
+    model_path: Path
+    tokenizer_path: Path | None
+
+
+def load_manifest(folder: str | Path) -> Artifacts:
+    """Read DIR/manifest.json; a missing or foreign folder is a UserError saying what to do."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{folder} is not a llama-export output folder (no {MANIFEST}); create one with "
+                        "llama-export export --out DIR")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        args = ModelArgs.from_dict(manifest["args"])
+        model_path = folder / manifest["model"]
+        precision = manifest["precision"]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path} is damaged ({type(exc).__name__}: {exc}); rebuild {folder}") from None
+    if not model_path.is_file():
+        raise UserError(f"{model_path} is missing; rebuild {folder}")
+    tokenizer = folder / TOKENIZER
+    return Artifacts(folder, manifest, args, precision, model_path, tokenizer if tokenizer.is_file() else None)
+
+
+__all__ = ["MANIFEST", "TOKENIZER", "Artifacts", "file_entries", "library_versions", "load_manifest",
+           "staged_output", "tool_info", "write_manifest"]
