@@ -1,9 +1,9 @@
 """Export stage: trace the reference model to ONNX on the meta device, then stream the weights into external data.
 
-Bounded memory: the graph is traced from a model whose parameters live on the meta device (no storage), saved
-without initializers, and every weight is then read from the checkpoint one tensor at a time, converted to the
-model dtype and appended to `model.onnx.data`. Peak memory is the largest single tensor (in the checkpoint's
-dtype plus its converted copy) plus the traced graph, whatever the model size.
+Bounded memory: the graph is traced from a model whose parameters live on the meta device (no storage), and
+every weight is read from the checkpoint one tensor at a time, converted to the model dtype and appended to
+`model.onnx.data` (weights.py, in a thread that runs while the graph is traced). Peak memory is the traced graph
+plus about two of the largest tensors, whatever the model size.
 
 One graph serves prefill (past = 0) and decode (seq = 1); names and dims come from io_spec.py.
 """
@@ -28,15 +28,12 @@ from ..config import SIZES, ModelArgs
 from ..errors import UserError
 from .checkpoints import Checkpoint
 from .model import Transformer, rope_inv_freq
+from .weights import WeightStreamer, attach, embed_constants
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 KV_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # io_spec / manifest spelling
 MIN_OPSET, DEFAULT_OPSET = 18, 23
 MODEL_FILE, DATA_FILE = "model.onnx", "model.onnx.data"
-# Offsets in the data file are page-aligned so runtimes can mmap each tensor in place.
-ALIGNMENT = 4096
-_IR_DTYPES = {torch.float32: ir.DataType.FLOAT, torch.float16: ir.DataType.FLOAT16,
-              torch.bfloat16: ir.DataType.BFLOAT16}
 
 
 @dataclass(frozen=True)
@@ -154,60 +151,6 @@ def _canonical_dim(name: str | None) -> str | None:
     return io_spec.TOTAL if parts == {io_spec.PAST, io_spec.SEQ} else None
 
 
-def _embed_constants(model: ir.Model, weight_names: set[str]) -> None:
-    """Tensors the tracer lifted out of forward (the RoPE inverse frequencies) are real, small CPU tensors:
-    keep them inside model.onnx as plain numpy-backed initializers."""
-    for name, value in model.graph.initializers.items():
-        if name in weight_names or value.const_value is None or _is_meta(value.const_value):
-            continue
-        value.const_value = ir.tensor(value.const_value.numpy().copy(), name=name)
-
-
-def _is_meta(tensor) -> bool:
-    raw = getattr(tensor, "raw", None)
-    return isinstance(raw, torch.Tensor) and raw.device.type == "meta"
-
-
-def write_weights(model: ir.Model, checkpoint: Checkpoint, dtype: torch.dtype, folder: Path,
-                  progress: Callable[[str], None] | None = None) -> tuple[int, int]:
-    """Stream the checkpoint into folder/model.onnx.data, pointing each initializer at its bytes.
-
-    Returns (tensors written, bytes written). The checkpoint must hold exactly the graph's initializers.
-    """
-    initializers = model.graph.initializers
-    names = checkpoint.names()
-    _embed_constants(model, set(names))
-    weights = {n for n, v in initializers.items() if _is_meta(v.const_value)}
-    if set(names) != weights:
-        missing = sorted(weights - set(names))
-        extra = sorted(set(names) - weights)
-        raise RuntimeError(f"graph initializers and checkpoint tensors differ: missing {missing[:4]}, "
-                           f"unexpected {extra[:4]}")
-    offset = 0
-    with open(folder / DATA_FILE, "wb") as f:
-        for name, tensor in checkpoint.iter_tensors():
-            converted = tensor.to(dtype).contiguous()
-            del tensor  # keep at most one source tensor alive
-            raw = converted.reshape(-1).view(torch.uint8).numpy()
-            value = initializers[name]
-            if tuple(converted.shape) != tuple(value.shape.numpy()):
-                raise RuntimeError(f"{name}: checkpoint shape {tuple(converted.shape)} != graph {value.shape}")
-            pad = -offset % ALIGNMENT
-            if pad:
-                f.write(b"\0" * pad)
-                offset += pad
-            f.write(memoryview(raw))
-            value.const_value = ir.ExternalTensor(DATA_FILE, offset, raw.nbytes, _IR_DTYPES[dtype],
-                                                  shape=ir.Shape(converted.shape), name=name, base_dir=folder)
-            offset += raw.nbytes
-            del raw, converted
-            if progress is not None:
-                progress(name)
-        f.flush()
-        os.fsync(f.fileno())
-    return len(names), offset
-
-
 def export_onnx(checkpoint: Checkpoint, folder: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
                 progress: Callable[[str], None] | None = None) -> ExportResult:
     """Trace + stream weights into `folder` (which must exist): model.onnx and model.onnx.data.
@@ -217,8 +160,17 @@ def export_onnx(checkpoint: Checkpoint, folder: str | Path, precision: str = "fp
     """
     dtype = check_export_options(precision, opset)
     folder = Path(folder)
-    model = trace_graph(checkpoint.args, dtype, opset)
-    n_tensors, n_bytes = write_weights(model, checkpoint, dtype, folder, progress)
+    streamer = WeightStreamer(checkpoint, dtype, folder / DATA_FILE, progress)
+    streamer.start()  # weights stream while the graph is traced
+    try:
+        model = trace_graph(checkpoint.args, dtype, opset)
+        layout = streamer.result()
+    except BaseException:
+        streamer.cancel()  # stop writing before the caller removes the folder
+        raise
+    embed_constants(model)
+    attach(model, layout, dtype, folder, DATA_FILE)
+    n_tensors, n_bytes = len(layout), (folder / DATA_FILE).stat().st_size
     model_path = folder / MODEL_FILE
     model.producer_name, model.producer_version = "llama-export", _version()
     ir.save(model, model_path)
@@ -311,4 +263,4 @@ def _version() -> str:
 
 __all__ = ["DATA_FILE", "DEFAULT_OPSET", "KV_DTYPE_NAMES", "MIN_OPSET", "MODEL_FILE", "PRECISIONS",
            "ExportResult", "check_export_options", "export_onnx", "export_to_folder", "find_tokenizer_for",
-           "manifest_content", "trace_graph", "write_weights"]
+           "manifest_content", "trace_graph"]
