@@ -1,0 +1,57 @@
+"""Cleanup shared by every target: constant folding, identity/no-op removal, dead code, CSE.
+
+Why not `onnxscript.optimizer.optimize` as is: it deduplicates initializers by comparing their bytes and folds
+any node whose inputs are small enough — on an export whose weights are external data (or still meta tensors
+straight from the tracer) that would read weights. Here folding skips every node that reads a weight-sized
+initializer; everything the tracer computes from shapes and small constants still folds.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+from onnxscript import rewriter
+from onnxscript.optimizer import _constant_folding
+
+WEIGHT_SIZE = 1024  # initializers at least this big are weights: never read them to fold
+
+
+def _reads_weight(node: ir.Node) -> bool | None:
+    for value in node.inputs:
+        if value is not None and value.is_initializer() and value.const_value is not None \
+                and value.const_value.size >= WEIGHT_SIZE:
+            return False
+    return None  # default folding rules
+
+
+def cleanup(model: ir.Model) -> int:
+    """Fold, simplify and prune in place; returns how many nodes went away."""
+    before = sum(1 for _ in model.graph)
+    passes = ir.passes.Sequential(
+        ir.passes.PassManager(
+            [
+                _constant_folding.FoldConstantsPass(
+                    shape_inference=True,
+                    input_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
+                    output_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT,
+                    should_fold=_reads_weight,
+                ),
+                # Identity, CastLike-to-same-type, Transpose∘Transpose, Reshape∘Reshape ... (no fusions)
+                rewriter.RewritePass(rewriter._DEFAULT_REWRITE_RULES),
+                common_passes.RemoveUnusedNodesPass(),
+            ],
+            steps=3,
+            early_stop=True,
+        ),
+        common_passes.CommonSubexpressionEliminationPass(),
+        common_passes.RemoveUnusedNodesPass(),
+        common_passes.RemoveUnusedOpsetsPass(),
+        common_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16),
+    )
+    passes(model)
+    return before - sum(1 for _ in model.graph)
+
+
+def remove_unused(model: ir.Model) -> None:
+    """Fusions that share inputs (the RoPE tables) leave their old producers behind; drop them."""
+    common_passes.RemoveUnusedNodesPass()(model)
