@@ -22,7 +22,7 @@ def _compare(reference: list[np.ndarray], actual: list[np.ndarray], atol: float)
 @pytest.mark.parametrize("target", ["onnx", "ort", "none", "plugin"])
 @pytest.mark.parametrize("args", [TINY_MHA, TINY_GQA], ids=["mha", "gqa"])
 def test_target_matches_torch(tmp_path, target, args, prompt):
-    model, counts = apply_target(exported(args), args, target)
+    model, _ = apply_target(exported(args), args, target)
     runner = OrtRunner(save(model, tmp_path / "model.onnx"), args)
     reference = decode_logits(TorchRunner(torch_model(args)), prompt, STEPS)
     _compare(reference, decode_logits(runner, prompt, STEPS), 1e-4)
