@@ -7,13 +7,15 @@ not per backend.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 
 from .. import io_spec
 from ..config import ModelArgs
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Runner(Protocol):
@@ -30,16 +32,20 @@ class TorchRunner:
     name = "torch"
 
     def __init__(self, model: torch.nn.Module):
+        import torch  # here, not at module level: the Triton front end vendors this module without torch
+
         self.model = model
         self.args: ModelArgs = model.args
         self.dtype = next(model.parameters()).dtype
         self.kv_dtype = torch.empty((), dtype=self.dtype).numpy().dtype if self.dtype != torch.bfloat16 else None
 
-    @torch.no_grad()
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
         n = self.args.n_layers
         tensors = [torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in io_spec.input_names(n)]
-        outputs = self.model(*tensors)
+        with torch.no_grad():
+            outputs = self.model(*tensors)
         return {name: t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
                 for name, t in zip(io_spec.output_names(n), outputs)}
 
