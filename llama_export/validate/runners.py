@@ -64,6 +64,9 @@ class KVSession:
         self.args = runner.args
         self.attention_mask: np.ndarray | None = None
         self.past: dict[str, np.ndarray] = {}
+        # Everything the runner returned on the last call, extras included (validation reads the per-layer
+        # outputs a runner may expose from here, so the KV loop stays written once).
+        self.last_outputs: dict[str, np.ndarray] = {}
 
     def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
         """input_ids [batch, seq] (left-padded if ragged) → logits [batch, seq, vocab]."""
@@ -98,6 +101,7 @@ class KVSession:
             **self.past,
         }
         outputs = self.runner.run(feeds)
+        self.last_outputs = outputs
         n = self.args.n_layers
         self.past = {p: outputs[q] for p, q in zip(io_spec.past_names(n), io_spec.present_names(n))}
         self.attention_mask = mask
@@ -110,11 +114,17 @@ _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tens
 
 
 class OrtRunner:
-    """An exported model in ONNX Runtime (CPU). `graph_optimization_level` lets tests turn ORT's fusions off."""
+    """An exported model in ONNX Runtime (CPU). `graph_optimization_level` lets tests turn ORT's fusions off.
+
+    `model_path` may also be the serialized model (bytes), e.g. a graph edited in memory; its external data is
+    then read from `external_data_dir` (ORT refuses external data outside the model's own folder, so an edited
+    copy cannot simply be written elsewhere).
+    """
 
     name = "ort"
 
-    def __init__(self, model_path, args: ModelArgs, graph_optimization_level=None, intra_op_threads: int = 0):
+    def __init__(self, model_path, args: ModelArgs, graph_optimization_level=None, intra_op_threads: int = 0,
+                 external_data_dir=None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -122,7 +132,11 @@ class OrtRunner:
             options.graph_optimization_level = graph_optimization_level
         options.intra_op_num_threads = intra_op_threads
         options.log_severity_level = 3  # ORT warns about every fp16 cast it inserts; errors still raise
-        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        if external_data_dir is not None:
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                             str(external_data_dir))
+        model = model_path if isinstance(model_path, bytes) else str(model_path)
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.args = args
         types = {i.name: i.type for i in self.session.get_inputs()}
         kv_type = types[io_spec.past_key(0)]
