@@ -76,18 +76,20 @@ def sizes(as_json: bool):
 @click.option("--opset", type=int, default=23, show_default=True, help="ONNX opset, 18 or newer.")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Output folder (default: out/<size-or-checkpoint-name>-<precision>).")
+@click.option("--target", type=click.Choice(["onnx", "ort", "plugin", "none"]), default="none", show_default=True,
+              help="Fusion target (graphs/passes.py; `none` builds in every runtime, TensorRT included).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def export(size, checkpoint, random_init, seed, precision, opset, out, quiet):
+def export(size, checkpoint, random_init, seed, precision, opset, target, out, quiet):
     """Export to ONNX: DIR/model.onnx + model.onnx.data + manifest.json (weights streamed, bounded memory)."""
     from .exporter.export import check_export_options, export_to_folder
     from .exporter.sources import resolve_checkpoint
 
-    check_export_options(precision, opset)
+    check_export_options(precision, opset, target)
     ckpt = resolve_checkpoint(size, checkpoint, random_init, seed)
     if out is None:
         name = checkpoint.absolute().name if checkpoint is not None else (size or "tiny").lower()
         out = Path("out") / f"{name}-{precision}"
-    folder = export_to_folder(ckpt, out, precision, opset, quiet=quiet)
+    folder = export_to_folder(ckpt, out, precision, opset, quiet=quiet, target=target)
     if not quiet:
         click.echo(f"wrote {folder}", err=True)
 
@@ -144,6 +146,55 @@ def generate(folder, size, checkpoint, random_init, seed, prompt, max_new_tokens
         click.echo(text[len(shown):], nl=False)
         shown = text
     click.echo()
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--repo", type=click.Path(path_type=Path), help="Repository folder (default: FOLDER/triton).")
+@click.option("--name", help="Model name prefix (default: the size name, or llama).")
+@click.option("--instances", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Instances of the CPU generation front end.")
+def triton(folder, repo, name, instances):
+    """Write a Triton model repository for an exported/built FOLDER (ONNX Runtime, TensorRT plan, streaming front end)."""
+    from .triton.repository import write_repository
+
+    written = write_repository(folder, repo or Path(folder) / "triton", name=name, instances=instances)
+    click.echo(f"wrote {written.path}: {', '.join(written.models.values())}", err=True)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--steps", type=click.IntRange(min=0), default=32, show_default=True,
+              help="Decode steps after the prompt (teacher-forced and free-running).")
+@click.option("--prompt-tokens", type=click.IntRange(min=2), default=64, show_default=True,
+              help="Prompt length in tokens (held-out corpus text when FOLDER has a tokenizer).")
+@click.option("--bisect", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
+              help="Per-layer bisection: auto runs it when the gate fails.")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="The weights FOLDER was exported from (default: what its manifest names).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.option("--quiet", is_flag=True, help="No progress messages.")
+def validate(folder, steps, prompt_tokens, bisect, checkpoint, as_json, quiet):
+    """Compare an exported FOLDER with the Torch reference over prefill + decode; exit 1 if the gate fails.
+
+    Writes FOLDER/report/report.json and report.html."""
+    from .validate.pipeline import validate_build
+
+    progress = None if quiet else (lambda stage: click.echo(f"validate: {stage}", err=True))
+    report = validate_build(folder, steps=steps, prompt_tokens=prompt_tokens, bisect=bisect,
+                            checkpoint=checkpoint, progress=progress)
+    summary = report.summary()
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        for check in summary["checks"]:
+            mark = "ok  " if check["passed"] else "FAIL"
+            click.echo(f"{mark} {check['name']:<10} {check['value']:.4g}  (limit {check['limit']:.4g}, "
+                       f"{check['rule']})")
+        if summary["first_bad_layer"] is not None:
+            click.echo(f"first layer whose error jumps: {summary['first_bad_layer']}")
+        click.echo(f"{'PASS' if report.passed else 'FAIL'} ({summary['precision']}); report: {summary['report']}")
+    sys.exit(0 if report.passed else 1)
 
 
 def _folder_runner(folder, backend, size, checkpoint, random_init):

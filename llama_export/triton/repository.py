@@ -1,0 +1,169 @@
+"""Write a Triton model repository for a built output folder (`llama-export triton DIR --repo REPO`).
+
+    REPO/README.md
+    REPO/<name>_onnx/config.pbtxt, 1/model.onnx, 1/model.onnx.data          onnxruntime backend
+    REPO/<name>_generate/config.pbtxt, 1/model.py, 1/tokenizer.model,       python backend, decoupled, CPU:
+                         1/llama_export/...  (vendored pure-Python modules)  ONNX Runtime in-process on <name>_onnx
+    REPO/<name>_complete/...  (as <name>_generate, not decoupled)            unary: one response (HTTP)
+    REPO/<name>_plan/config.pbtxt, 1/model.plan                              tensorrt_plan   } only when DIR has
+    REPO/<name>_generate_trt/...  (as <name>_generate)                       python, BLS     } an engine
+
+Every config is a protobuf checked against Triton's schema and the model before it is written (checks.py). The
+repository is written into a temporary sibling and renamed into place, like every output folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import io_spec
+from ..errors import UserError
+from ..exporter.artifacts import Artifacts, load_manifest, staged_output
+from . import checks, configs, protocol
+from .containers import container_advice
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+# The pure-Python modules the front end runs (none imports torch, onnx or tritonclient at module level).
+VENDORED_MODULES = ("errors.py", "config.py", "io_spec.py", "validate/runners.py", "validate/generation.py",
+                    "exporter/tokenizer.py", "triton/protocol.py", "triton/streaming.py")
+VENDORED_PACKAGES = ("", "validate", "exporter", "triton")  # get an empty __init__.py: the real ones may grow imports
+
+
+@dataclass(frozen=True)
+class Repository:
+    path: Path
+    models: dict[str, str]  # role (onnx, generate, complete, plan, generate_trt) -> model name
+    tensorrt: str | None  # "builder version" the plan needs, None without an engine
+
+
+def model_base_name(built: Artifacts) -> str:
+    name = built.manifest.get("size") or "llama"
+    return re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_") or "llama"
+
+
+def kv_dtype_of(built: Artifacts) -> str:
+    """The KV cache dtype the export wrote into the manifest's io section."""
+    past = io_spec.past_key(0)
+    for tensor in built.manifest.get("io", {}).get("inputs", []):
+        if tensor["name"] == past:
+            return tensor["dtype"]
+    raise UserError(f"{built.folder}/manifest.json has no io section naming {past}; rebuild {built.folder}")
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard link when possible: weights are large and never modified in place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _write_config(folder: Path, config) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.pbtxt").write_text(checks.checked_text(config), encoding="utf-8")
+
+
+def vendor_package(target: Path) -> None:
+    """Copy the front end's llama_export modules under `target/llama_export/`."""
+    for package in VENDORED_PACKAGES:
+        init = target / "llama_export" / package / "__init__.py"
+        init.parent.mkdir(parents=True, exist_ok=True)
+        init.write_text('"""Vendored subset of llama_export for the Triton front end."""\n', encoding="utf-8")
+    for module in VENDORED_MODULES:
+        shutil.copyfile(PACKAGE_ROOT / module, target / "llama_export" / module)
+
+
+def _write_frontend(staging: Path, name: str, built: Artifacts, config) -> None:
+    checks.check_frontend(config, decoupled=config.model_transaction_policy.decoupled)
+    version = staging / name / "1"
+    version.mkdir(parents=True)
+    shutil.copyfile(Path(__file__).with_name("frontend_model.py"), version / "model.py")
+    shutil.copyfile(built.tokenizer_path, version / protocol.TOKENIZER_FILE)
+    vendor_package(version)
+    _write_config(staging / name, config)
+
+
+def write_repository(folder: str | Path, repo: str | Path, name: str | None = None,
+                     instances: int = 2) -> Repository:
+    """Write REPO for the built folder DIR (see the module docstring); returns what was written."""
+    built = load_manifest(folder)
+    if built.tokenizer_path is None:
+        raise UserError(f"{built.folder} has no tokenizer.model; the generation front end needs one "
+                        "(export from a checkpoint folder that has it)")
+    args, kv_dtype = built.args, kv_dtype_of(built)
+    base = name or model_base_name(built)
+    models = {"onnx": f"{base}_onnx", "generate": f"{base}_generate", "complete": f"{base}_complete"}
+    engine = built.manifest.get("engine")
+    plan = built.folder / engine["file"] if engine else None
+    if plan is not None and not plan.is_file():
+        raise UserError(f"{plan} is missing but manifest.json lists an engine; rebuild {built.folder}")
+    if engine:
+        models |= {"plan": f"{base}_plan", "generate_trt": f"{base}_generate_trt"}
+
+    onnx_config = configs.onnx_model_config(models["onnx"], args, kv_dtype)
+    checks.check_model_io(onnx_config, args, kv_dtype)
+    checks.check_against_onnx(onnx_config, built.model_path)
+    with staged_output(repo) as staging:
+        onnx_dir = staging / models["onnx"] / "1"
+        _link_or_copy(built.model_path, onnx_dir / "model.onnx")
+        data = built.manifest.get("external_data")
+        if data:
+            _link_or_copy(built.folder / data, onnx_dir / data)
+        _write_config(staging / models["onnx"], onnx_config)
+        max_seq = args.max_seq_len
+        for role, decoupled in (("generate", True), ("complete", False)):
+            _write_frontend(staging, models[role], built, configs.frontend_config(
+                models[role], args, kv_dtype, max_input=max_seq - 1, max_seq=max_seq,
+                onnx_model=f"{models['onnx']}/1/model.onnx", instances=instances, decoupled=decoupled))
+        if engine:
+            plan_config = configs.plan_model_config(models["plan"], args, kv_dtype, engine)
+            checks.check_model_io(plan_config, args, kv_dtype)
+            checks.check_against_profiles(plan_config, engine)
+            _link_or_copy(plan, staging / models["plan"] / "1" / "model.plan")
+            _write_config(staging / models["plan"], plan_config)
+            limits = engine["limits"]
+            _write_frontend(staging, models["generate_trt"], built, configs.frontend_config(
+                models["generate_trt"], args, kv_dtype, max_input=limits["max_input"], max_seq=limits["max_seq"],
+                plan_model=models["plan"]))
+        (staging / "README.md").write_text(repository_readme(built, models, engine), encoding="utf-8")
+    tensorrt = configs.tensorrt_requirement(engine) if engine else None
+    return Repository(Path(repo).absolute(), models, tensorrt)
+
+
+def repository_readme(built: Artifacts, models: dict[str, str], engine: dict | None) -> str:
+    lines = [f"# Triton model repository for {built.folder.name}", "",
+             (f"Written by llama-export from {built.folder} ({built.manifest.get('size') or 'checkpoint'}, "
+             f"{built.precision})."), "", "| model | backend | what |", "|---|---|---|",
+             f"| {models['onnx']} | onnxruntime | KV-cache graph (prefill + decode), batch explicit |",
+             f"| {models['generate']} | python (decoupled) | text in, streamed tokens out (gRPC); ONNX Runtime |",
+             f"| {models['complete']} | python | the same, one response per request (HTTP or gRPC) |"]
+    if engine:
+        lines += [f"| {models['plan']} | tensorrt_plan | the engine, profiles {', '.join(engine['profiles'])} |",
+                  (f"| {models['generate_trt']} | python (decoupled) | text in, streamed tokens; BLS to "
+                  f"{models['plan']} |")]
+    lines += ["", "CPU only (no TensorRT backend needed):", "",
+              (f"    tritonserver --model-repository REPO --model-control-mode explicit --load-model {models['generate']} "
+              f"--load-model {models['complete']}"),
+              ""]
+    if engine:
+        requirement = configs.tensorrt_requirement(engine)
+        lines += [(f"TensorRT: the engine was built by {requirement} and only loads with that exact version "
+                  f"(config parameter `{protocol.PARAM_TENSORRT_VERSION}`)."),
+                  container_advice(engine["builder"], engine["builder_version"]), ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+__all__ = [
+    "VENDORED_MODULES",
+    "Repository",
+    "kv_dtype_of",
+    "model_base_name",
+    "repository_readme",
+    "vendor_package",
+    "write_repository",
+]
