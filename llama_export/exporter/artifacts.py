@@ -42,8 +42,23 @@ def staged_output(out_dir: str | Path) -> Iterator[Path]:
         yield staging
         _replace_dir(staging, out_dir)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove_ignoring_interrupts(staging)
         raise
+
+
+def _remove_ignoring_interrupts(path: Path) -> None:
+    """A second Ctrl-C must not stop the cleanup halfway (signal handlers can only be set in the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _replace_dir(new: Path, target: Path) -> None:

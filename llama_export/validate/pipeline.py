@@ -1,0 +1,215 @@
+"""`validate_build(DIR)`: the exported model in ONNX Runtime against the Torch reference, gated per precision.
+
+Memory: each side's weights are held once, one side at a time — the fp32 reference runs and is freed, then the
+Torch model in the candidate's dtype (the noise floor), then the ORT session, then (only for bisection) an ORT
+session with layer outputs exposed. Nothing but logits and layer outputs ([positions, dim]) outlives a side.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import io_spec
+from ..errors import UserError
+from . import compare, gate
+
+BISECT_MODES = ("auto", "always", "never")
+DEFAULT_STEPS, DEFAULT_PROMPT_TOKENS = 32, 64
+_RANDOM_INIT = re.compile(r"random-init seed=(-?\d+)")
+
+
+@dataclass
+class Report:
+    passed: bool
+    data: dict  # everything report.json holds
+    path: Path | None = None  # DIR/report when written
+    timings: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """What `validate --json` prints: the verdict and the numbers behind it."""
+        d = self.data
+        layers = d.get("layers") or {}
+        return {"passed": self.passed, "precision": d["precision"], "folder": d["folder"],
+                "checks": d["gate"]["checks"], "overall": d["overall"], "perplexity": d["perplexity"],
+                "noise_floor": None if d["noise_floor"] is None else d["noise_floor"]["overall"],
+                "first_divergence": d["free_running"]["first_divergence"],
+                "first_bad_layer": layers.get("first_bad_layer"),
+                "report": None if self.path is None else str(self.path)}
+
+
+def reference_checkpoint(artifacts, checkpoint=None):
+    """The weights the folder was exported from: `checkpoint` if given, else what the manifest names (random
+    init by seed, or the checkpoint folder), checked against the manifest's fingerprint."""
+    from ..exporter.checkpoints import RandomCheckpoint, open_checkpoint
+
+    recorded = artifacts.manifest.get("checkpoint", {})
+    if checkpoint is not None:
+        ckpt = open_checkpoint(checkpoint)
+    elif match := _RANDOM_INIT.fullmatch(recorded.get("description", "")):
+        ckpt = RandomCheckpoint(artifacts.args, int(match.group(1)))
+    elif Path(recorded.get("description", "")).exists():
+        ckpt = open_checkpoint(recorded["description"])
+    else:
+        raise UserError(f"{artifacts.folder} was exported from {recorded.get('description')!r}, which is not "
+                        "available here; pass --checkpoint PATH to the weights it was exported from")
+    if ckpt.args != artifacts.args:
+        raise UserError(f"checkpoint {ckpt.description} has different hyper-parameters than {artifacts.folder}")
+    if recorded.get("fingerprint") and ckpt.fingerprint() != recorded["fingerprint"]:
+        raise UserError(f"checkpoint {ckpt.description} is not the one {artifacts.folder} was exported from "
+                        "(fingerprint differs); pass the original with --checkpoint PATH")
+    return ckpt
+
+
+def choose_prompt(artifacts, n_tokens: int, seed: int = 0) -> tuple[list[int], dict]:
+    """The first `n_tokens` tokens of the held-out corpus text with the folder's tokenizer; seeded random tokens
+    when the folder has no tokenizer that fits (random weights have no meaningful text anyway)."""
+    vocab = artifacts.args.vocab_size
+    if artifacts.tokenizer_path is not None:
+        from ..assets.corpus import corpus
+        from ..exporter.tokenizer import Tokenizer
+
+        tok = Tokenizer(artifacts.tokenizer_path)
+        if tok.vocab_size <= vocab:
+            _, heldout = corpus()
+            ids = tok.encode(heldout[: 16 * n_tokens])[:n_tokens]  # ~4 chars/token: 16× is plenty
+            if len(ids) == n_tokens:
+                return ids, {"source": "held-out corpus text (llama_export.assets.corpus)",
+                             "tokenizer": str(artifacts.tokenizer_path), "text": tok.decode(ids)}
+    ids = np.random.default_rng(seed).integers(0, vocab, size=n_tokens).tolist()
+    return ids, {"source": f"random token ids (seed {seed}; the folder has no tokenizer that fits)"}
+
+
+def noise_dtype(artifacts):
+    """The Torch dtype the candidate computes in (its KV dtype, per the design), or None for fp32."""
+    import torch
+
+    kv = next(t["dtype"] for t in artifacts.manifest["io"]["inputs"] if t["name"] == io_spec.past_key(0))
+    return {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[kv]
+
+
+def validate_build(folder: str | Path, steps: int = DEFAULT_STEPS, prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
+                   bisect: str = "auto", checkpoint: str | Path | None = None, write: bool = True,
+                   progress: Callable[[str], None] | None = None) -> Report:
+    """Validate an exported folder; writes DIR/report/ (report.json, report.html, plots) when `write`."""
+    from ..exporter.artifacts import load_manifest, library_versions, tool_info
+    from ..exporter.checkpoints import load_model
+    from .layers import TorchLayerRunner, ort_layer_runner
+    from .runners import OrtRunner, TorchRunner
+
+    if bisect not in BISECT_MODES:
+        raise UserError(f"bisect must be one of {', '.join(BISECT_MODES)}, not {bisect!r}")
+    if steps < 0 or prompt_tokens < 2:
+        raise UserError("--steps must be ≥ 0 and the prompt at least 2 tokens")
+    say = progress or (lambda _message: None)
+    artifacts = load_manifest(folder)
+    precision, args = artifacts.precision, artifacts.args
+    gate.tolerance_for(precision)  # an unknown precision fails before any work
+    ckpt = reference_checkpoint(artifacts, checkpoint)
+    prompt, inputs = choose_prompt(artifacts, prompt_tokens)
+    timings: dict[str, float] = {}
+
+    def timed(name: str, work: Callable):
+        say(name)
+        start = time.perf_counter()
+        result = work()
+        timings[name] = round(time.perf_counter() - start, 3)
+        return result
+
+    def torch_side(dtype):  # loaded, run and dropped inside one call: one copy of the weights at a time
+        runner = TorchLayerRunner(TorchRunner(load_model(ckpt, dtype)))
+        return runner
+
+    import torch
+
+    reference, forced = timed("reference (torch fp32)", lambda: compare.reference_run(
+        torch_side(torch.float32), prompt, steps, capture_layers=True))
+    gc.collect()
+    dtype = noise_dtype(artifacts)
+    noise = noise_free = None
+    if dtype is not None:
+        def run_noise():
+            runner = torch_side(dtype)
+            return compare.forced_run(runner, prompt, forced, True), compare.free_running(runner, prompt, steps)
+
+        noise, noise_free = timed(f"noise floor (torch {str(dtype).removeprefix('torch.')})", run_noise)
+        gc.collect()
+
+    def run_candidate():
+        runner = OrtRunner(artifacts.model_path, args)
+        return compare.forced_run(runner, prompt, forced), compare.free_running(runner, prompt, steps)
+
+    candidate, candidate_free = timed("candidate (onnxruntime)", run_candidate)
+    gc.collect()
+
+    result = compare.compare_logits(reference, candidate, prompt)
+    noise_result = compare.compare_logits(reference, noise, prompt) if noise is not None else None
+    checks = gate.gate_checks(precision, result["overall"], noise_result and noise_result["overall"],
+                              result["perplexity"]["delta"], noise_result and noise_result["perplexity"]["delta"])
+    passed = all(c.passed for c in checks)
+
+    layers = None
+    if bisect == "always" or (bisect == "auto" and not passed):
+        layers = timed("layer bisection (onnxruntime)", lambda: _bisect(
+            artifacts, args, precision, prompt, forced, reference, noise, ort_layer_runner))
+
+    data = {
+        "schema": "llama-export/validate-report/1",
+        "passed": passed,
+        "folder": str(Path(folder).absolute()),
+        "precision": precision,
+        "candidate": {"runner": "onnxruntime (CPUExecutionProvider)", "model": str(artifacts.model_path)},
+        "reference": {"runner": "torch fp32", "checkpoint": ckpt.description,
+                      "fingerprint": artifacts.manifest.get("checkpoint", {}).get("fingerprint")},
+        "inputs": {**inputs, "prompt_tokens": len(prompt), "steps": steps, "prompt_ids": prompt,
+                   "forced_ids": forced, "batch": 1},
+        "gate": {"precision": precision, "tolerance": gate.tolerance_table()[precision],
+                 "checks": [c.to_dict() for c in checks], "table": gate.tolerance_table()},
+        "overall": result["overall"],
+        "per_step": result["per_step"],
+        "per_position": result["per_position"],
+        "perplexity": result["perplexity"],
+        "noise_floor": None if noise_result is None else {
+            "dtype": str(dtype).removeprefix("torch."), "overall": noise_result["overall"],
+            "per_step": noise_result["per_step"], "per_position": noise_result["per_position"],
+            "perplexity": noise_result["perplexity"],
+            "free_running_first_divergence": compare.first_divergence(forced, noise_free)},
+        "free_running": {"steps": steps, "reference_tokens": forced, "candidate_tokens": candidate_free,
+                         "first_divergence": compare.first_divergence(forced, candidate_free)},
+        "layers": layers,
+        "timings_s": timings,
+        "versions": {"tool": tool_info(), "libraries": library_versions(), "numpy": np.__version__,
+                     "exported_with": artifacts.manifest.get("libraries")},
+    }
+    report = Report(passed, data, timings=timings)
+    if write:
+        from .report import write_report
+
+        report.path = timed("report", lambda: write_report(data, artifacts.folder))
+    return report
+
+
+def _bisect(artifacts, args, precision, prompt, forced, reference, noise, ort_layer_runner) -> dict:
+    """Per-layer relative error of the ORT graph's block outputs vs Torch, and the layer where it jumps."""
+    try:
+        runner, tensors = ort_layer_runner(artifacts.model_path, args)
+    except LookupError as exc:
+        return {"available": False, "reason": f"layer outputs not found in the graph: {exc}"}
+    candidate = compare.forced_run(runner, prompt, forced, capture_layers=True)
+    del runner
+    gc.collect()
+    errors = compare.compare_layers(reference, candidate)
+    noise_errors = compare.compare_layers(reference, noise) if noise is not None else None
+    limits = gate.layer_limits(precision, noise_errors, args.n_layers)
+    return {"available": True, "errors": errors, "noise_errors": noise_errors, "limits": limits,
+            "first_bad_layer": gate.first_bad_layer(errors, limits), "onnx_tensors": tensors,
+            "measure": "relative RMS error ‖cand − ref‖ / ‖ref‖ of each decoder block's output, all positions"}
+
+
+__all__ = ["BISECT_MODES", "Report", "choose_prompt", "noise_dtype", "reference_checkpoint", "validate_build"]
