@@ -98,7 +98,7 @@ def validate_build(folder: str | Path, steps: int = DEFAULT_STEPS, prompt_tokens
                    bisect: str = "auto", checkpoint: str | Path | None = None, write: bool = True,
                    progress: Callable[[str], None] | None = None) -> Report:
     """Validate an exported folder; writes DIR/report/ (report.json, report.html, plots) when `write`."""
-    from ..exporter.artifacts import load_manifest, library_versions, tool_info
+    from ..exporter.artifacts import library_versions, load_manifest, tool_info
     from ..exporter.checkpoints import load_model
     from .layers import TorchLayerRunner, ort_layer_runner
     from .runners import OrtRunner, TorchRunner

@@ -153,8 +153,8 @@ def render_html(data: dict, plots: dict[str, bytes]) -> str:
     verdict = "PASS" if data["passed"] else "FAIL"
     parts = [f'<h1>Validation: <span class="{verdict.lower()}" data-key="passed">{verdict}</span></h1>',
              _table(["folder", "precision", "reference", "candidate"],
-                    [f"<tr>{_cell(data, 'folder')}{_cell(data, 'precision')}{_cell(data, 'reference.checkpoint')}"
-                     f"{_cell(data, 'candidate.runner')}</tr>"])]
+                    ["<tr>" + "".join(_cell(data, k) for k in ("folder", "precision", "reference.checkpoint",
+                                                                 "candidate.runner")) + "</tr>"])]
     rows = [f"<tr><td>{html.escape(c['name'])}</td>{_cell(data, f'gate.checks.{i}.value')}"
             f"{_cell(data, f'gate.checks.{i}.limit')}{_cell(data, f'gate.checks.{i}.rule')}"
             f"{_cell(data, f'gate.checks.{i}.passed')}</tr>" for i, c in enumerate(data["gate"]["checks"])]
@@ -198,8 +198,8 @@ def _layers_html(data: dict) -> list[str]:
     rows = [f"<tr><td>{i}</td>{_cell(data, f'layers.errors.{i}')}{_cell(data, f'layers.limits.{i}')}</tr>"
             for i in range(len(layers["errors"]))]
     return ["<h2>Layer bisection</h2>",
-            f'<p>First layer whose error jumps: <b data-key="layers.first_bad_layer">'
-            f'{html.escape(_fmt(layers["first_bad_layer"]))}</b></p>',
+            ('<p>First layer whose error jumps: <b data-key="layers.first_bad_layer">'
+             f'{html.escape(_fmt(layers["first_bad_layer"]))}</b></p>'),
             _table(["layer", "relative error", "limit"], rows)]
 
 
