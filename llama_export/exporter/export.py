@@ -17,7 +17,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx_ir as ir
@@ -42,9 +42,17 @@ class ExportResult:
     data_path: Path
     n_tensors: int
     data_bytes: int
+    fusion_counts: dict[str, int] = field(default_factory=dict)  # graphs.passes.apply_target's fire counts
 
 
-def check_export_options(precision: str, opset: int) -> torch.dtype:
+def check_export_options(precision: str, opset: int, target: str = "none") -> torch.dtype:
+    from ..graphs.passes import ONNX_TARGET_OPSET, TARGETS
+
+    if target not in TARGETS:
+        raise UserError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
+    if target == "onnx" and opset < ONNX_TARGET_OPSET:
+        raise UserError(f"--target onnx needs --opset {ONNX_TARGET_OPSET} (RMSNormalization, RotaryEmbedding, "
+                        f"Attention), got {opset}")
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if opset < MIN_OPSET:
@@ -152,13 +160,13 @@ def _canonical_dim(name: str | None) -> str | None:
 
 
 def export_onnx(checkpoint: Checkpoint, folder: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
-                progress: Callable[[str], None] | None = None) -> ExportResult:
+                progress: Callable[[str], None] | None = None, target: str = "none") -> ExportResult:
     """Trace + stream weights into `folder` (which must exist): model.onnx and model.onnx.data.
 
     `progress(name)` is called after each tensor is written. This writes into the folder directly; use
     artifacts.staged_output for the interrupt-safe output folder.
     """
-    dtype = check_export_options(precision, opset)
+    dtype = check_export_options(precision, opset, target)
     folder = Path(folder)
     streamer = WeightStreamer(checkpoint, dtype, folder / DATA_FILE, progress)
     streamer.start()  # weights stream while the graph is traced
@@ -170,33 +178,38 @@ def export_onnx(checkpoint: Checkpoint, folder: str | Path, precision: str = "fp
         raise
     embed_constants(model)
     attach(model, layout, dtype, folder, DATA_FILE)
+    from ..graphs.passes import apply_target
+
+    # Fusion passes run on the graph with weights attached as external data; they never read weight bytes.
+    model, fusion_counts = apply_target(model, checkpoint.args, target)
     n_tensors, n_bytes = len(layout), (folder / DATA_FILE).stat().st_size
     model_path = folder / MODEL_FILE
     model.producer_name, model.producer_version = "llama-export", _version()
     ir.save(model, model_path)
     with open(model_path, "rb+") as f:
         os.fsync(f.fileno())
-    return ExportResult(model_path, folder / DATA_FILE, n_tensors, n_bytes)
+    return ExportResult(model_path, folder / DATA_FILE, n_tensors, n_bytes, fusion_counts)
 
 
 def export_to_folder(checkpoint: Checkpoint, out_dir: str | Path, precision: str = "fp32",
-                     opset: int = DEFAULT_OPSET, quiet: bool = False) -> Path:
+                     opset: int = DEFAULT_OPSET, quiet: bool = False, target: str = "none") -> Path:
     """The `export` command as a library call: DIR/model.onnx, model.onnx.data, tokenizer.model (when there is
     one) and manifest.json, written to a staging sibling and renamed into place at the end. Returns DIR."""
     from . import artifacts
 
-    check_export_options(precision, opset)  # fail before creating anything
+    check_export_options(precision, opset, target)  # fail before creating anything
     out_dir = Path(out_dir).absolute()
     with artifacts.staged_output(out_dir) as staging, _progress_bar(checkpoint, quiet) as progress:
-        result = export_onnx(checkpoint, staging, precision, opset, progress)
+        result = export_onnx(checkpoint, staging, precision, opset, progress, target)
         tokenizer = find_tokenizer_for(checkpoint)
         if tokenizer is not None:
             shutil.copyfile(tokenizer, staging / artifacts.TOKENIZER)
-        artifacts.write_manifest(staging, manifest_content(checkpoint, precision, opset, result))
+        artifacts.write_manifest(staging, manifest_content(checkpoint, precision, opset, result, target))
     return out_dir
 
 
-def manifest_content(checkpoint: Checkpoint, precision: str, opset: int, result: ExportResult) -> dict:
+def manifest_content(checkpoint: Checkpoint, precision: str, opset: int, result: ExportResult,
+                     target: str = "none") -> dict:
     from . import artifacts
 
     args = checkpoint.args
@@ -207,7 +220,8 @@ def manifest_content(checkpoint: Checkpoint, precision: str, opset: int, result:
         "checkpoint": {"description": checkpoint.description, "fingerprint": checkpoint.fingerprint()},
         "precision": precision,
         "opset": opset,
-        "target": "none",
+        "target": target,
+        "fusion_counts": result.fusion_counts,
         "model": MODEL_FILE,
         "external_data": DATA_FILE,
         "tool": artifacts.tool_info(),
