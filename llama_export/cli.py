@@ -156,7 +156,10 @@ def generate(folder, size, checkpoint, random_init, seed, prompt, max_new_tokens
               help="Instances of the CPU generation front end.")
 def triton(folder, repo, name, instances):
     """Write a Triton model repository for an exported/built FOLDER (ONNX Runtime, TensorRT plan, streaming front end)."""
-    from .triton.repository import write_repository
+    try:
+        from .triton.repository import write_repository
+    except ImportError as exc:  # tritonclient (the config schema) is an optional extra
+        raise UserError(f"llama-export triton needs {exc.name}: pip install 'llama-export[triton]'") from None
 
     written = write_repository(folder, repo or Path(folder) / "triton", name=name, instances=instances)
     click.echo(f"wrote {written.path}: {', '.join(written.models.values())}", err=True)

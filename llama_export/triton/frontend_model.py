@@ -133,6 +133,8 @@ class TritonPythonModel:
     def _generate(self, request):
         """Check the request, then yield (new text, [token id]) per token and a last (held-back text, [])."""
         prompt = _scalar(request, protocol.TEXT_INPUT, None)
+        if prompt is None:
+            raise RequestError(f"{protocol.TEXT_INPUT} is missing: send the prompt as a 1-element BYTES tensor")
         if not isinstance(prompt, str):
             raise RequestError(f"{protocol.TEXT_INPUT} must be a UTF-8 string")
         max_new = int(_scalar(request, protocol.MAX_NEW_TOKENS, protocol.DEFAULT_MAX_NEW_TOKENS))
