@@ -17,7 +17,6 @@ from llama_export.exporter.export import export_to_folder
 from llama_export.exporter.sources import TINY_ASSET, resolve_checkpoint
 
 
-
 def tiny_checkpoint():
     if (TINY_ASSET / "model.safetensors").is_file():
         return resolve_checkpoint()

@@ -64,11 +64,12 @@ def test_html_renders_in_headless_chromium(report_dir, tmp_path):
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}", "--window-size=1200,2000"]
     url = (report_dir / "report.html").absolute().as_uri()
-    dom = subprocess.run([_chromium(), *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run([_chromium(), *flags, "--dump-dom", url], capture_output=True, text=True,
+                         timeout=120, check=False)
     assert "First layer whose error jumps" in dom.stdout, dom.stderr[-2000:]
     assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', dom.stdout)) == 3
     shot = tmp_path / "shot.png"
-    subprocess.run([_chromium(), *flags, f"--screenshot={shot}", url], capture_output=True, timeout=120)
+    subprocess.run([_chromium(), *flags, f"--screenshot={shot}", url], capture_output=True, timeout=120, check=False)
     import matplotlib.image
 
     pixels = matplotlib.image.imread(str(shot))
