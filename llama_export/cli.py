@@ -70,15 +70,27 @@ def sizes(as_json: bool):
     Console(width=max(Console().width, 120)).print(table)
 
 
+def export_options(f):
+    """The options that shape the ONNX graph, shared by `export` and `build`."""
+    f = click.option("--quiet", is_flag=True, help="No progress output.")(f)
+    f = click.option("--target", type=click.Choice(["onnx", "ort", "plugin", "none"]), default="none",
+                     show_default=True,
+                     help="Fusion target (graphs/passes.py; `none` builds in every runtime, TensorRT included).")(f)
+    f = click.option("--out", type=click.Path(path_type=Path),
+                     help="Output folder (default: out/<size-or-checkpoint-name>-<precision>).")(f)
+    f = click.option("--opset", type=int, default=23, show_default=True, help="ONNX opset, 18 or newer.")(f)
+    f = click.option("--precision", default="fp32", show_default=True, help="fp32, fp16 or bf16 (typed graph).")(f)
+    return f
+
+
+def default_out(size: str | None, checkpoint: Path | None, precision: str) -> Path:
+    name = checkpoint.absolute().name if checkpoint is not None else (size or "tiny").lower()
+    return Path("out") / f"{name}-{precision}"
+
+
 @main.command()
 @model_options
-@click.option("--precision", default="fp32", show_default=True, help="fp32, fp16 or bf16 (typed graph).")
-@click.option("--opset", type=int, default=23, show_default=True, help="ONNX opset, 18 or newer.")
-@click.option("--out", type=click.Path(path_type=Path),
-              help="Output folder (default: out/<size-or-checkpoint-name>-<precision>).")
-@click.option("--target", type=click.Choice(["onnx", "ort", "plugin", "none"]), default="none", show_default=True,
-              help="Fusion target (graphs/passes.py; `none` builds in every runtime, TensorRT included).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@export_options
 def export(size, checkpoint, random_init, seed, precision, opset, target, out, quiet):
     """Export to ONNX: DIR/model.onnx + model.onnx.data + manifest.json (weights streamed, bounded memory)."""
     from .exporter.export import check_export_options, export_to_folder
@@ -86,10 +98,7 @@ def export(size, checkpoint, random_init, seed, precision, opset, target, out, q
 
     check_export_options(precision, opset, target)
     ckpt = resolve_checkpoint(size, checkpoint, random_init, seed)
-    if out is None:
-        name = checkpoint.absolute().name if checkpoint is not None else (size or "tiny").lower()
-        out = Path("out") / f"{name}-{precision}"
-    folder = export_to_folder(ckpt, out, precision, opset, quiet=quiet, target=target)
+    folder = export_to_folder(ckpt, out or default_out(size, checkpoint, precision), precision, opset, quiet=quiet, target=target)
     if not quiet:
         click.echo(f"wrote {folder}", err=True)
 
@@ -222,6 +231,55 @@ def _checkpoint_tokenizer(tokenizer, checkpoint, size, random_init, tiny_asset, 
     if (size or "tiny").lower() == "tiny" and not random_init:
         return find_tokenizer(tiny_asset)
     return None
+
+
+@main.command()
+@model_options
+@export_options
+@click.option("--engine", type=click.Choice(["auto", "require", "skip"]), default="auto", show_default=True,
+              help="auto: build when a TensorRT builder is installed; require: fail (exit 2) when none is.")
+@click.option("--builder", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), help="Engine profiles: largest batch (default 1).")
+@click.option("--max-input", type=click.IntRange(min=1), help="Engine prefill profile: longest prompt.")
+@click.option("--max-seq", type=click.IntRange(min=2),
+              help="Engine decode profile: KV cache capacity (default min(context, 2048)).")
+@click.option("--timing-cache", type=click.Path(path_type=Path), help="TensorRT timing cache, read and updated.")
+@click.option("--validate/--no-validate", default=True, show_default=True,
+              help="Compare with the Torch reference and write report/ (exit 1 when the gate fails).")
+@click.option("--steps", type=click.IntRange(min=0), default=32, show_default=True, help="Validation decode steps.")
+@click.option("--triton/--no-triton", default=None,
+              help="Write triton/ (default: when tritonclient is installed).")
+def build(size, checkpoint, random_init, seed, precision, opset, target, out, quiet, engine, builder, max_batch,
+          max_input, max_seq, timing_cache, validate, steps, triton):
+    """Export, fuse, build an engine, validate and write a Triton repository into one output folder."""
+    from .build import BuildOptions, default_limits
+    from .build import build as run_build
+    from .exporter.sources import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(size, checkpoint, random_init, seed)
+    options = BuildOptions(precision=precision, target=target, opset=opset, engine=engine, builder=builder,
+                           limits=default_limits(ckpt.args.max_seq_len, max_batch, max_input, max_seq),
+                           timing_cache=timing_cache, validate=validate, validate_steps=steps, triton=triton)
+    say = (lambda _m: None) if quiet else (lambda message: click.echo(f"build: {message}", err=True))
+    result = run_build(ckpt, out or default_out(size, checkpoint, precision), options, quiet=quiet, say=say)
+    for note in result.notes:
+        say(note)
+    if result.passed is not None:
+        say(f"validation {'PASSED' if result.passed else 'FAILED'}: {result.report}/report.html")
+    click.echo(str(result.folder))
+    sys.exit(1 if result.passed is False else 0)
+
+
+@main.command("engine-info")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the engine manifest as JSON.")
+def engine_info(folder, as_json):
+    """Show what FOLDER's engine was built with: builder and version, targets, profiles, plan sha256."""
+    from .build import engine_info as read_engine_info
+    from .build import format_engine_info
+
+    info = read_engine_info(folder)
+    click.echo(json.dumps(info, indent=2) if as_json else format_engine_info(info))
 
 
 if __name__ == "__main__":

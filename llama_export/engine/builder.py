@@ -118,6 +118,7 @@ def build_engine(onnx_path: Path, args: ModelArgs, plan_path: Path, limits: Prof
     config = trt_builder.create_builder_config()
 
     network_inputs = {network.get_input(i).name for i in range(network.num_inputs)}
+    accepted = {}  # what TensorRT holds for each profile, read back from its profile objects
     for profile_name, per_input in shapes.items():
         missing = set(per_input) - network_inputs
         if missing:
@@ -127,19 +128,21 @@ def build_engine(onnx_path: Path, args: ModelArgs, plan_path: Path, limits: Prof
             profile.set_shape(input_name, lo, opt, hi)
         if config.add_optimization_profile(profile) < 0:
             raise EngineError(f"TensorRT refused the {profile_name} optimization profile {per_input}")
+        accepted[profile_name] = {n: [list(map(int, s)) for s in profile.get_shape(n)] for n in per_input}
 
-    if timing_cache is not None and Path(timing_cache).is_file():
-        cache = config.create_timing_cache(Path(timing_cache).read_bytes())
-    else:
-        cache = config.create_timing_cache(b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    # TensorRT-RTX picks kernels at run time: its timing-cache calls are deprecated no-ops (1.2+), so a cache
+    # file is only read and written for full TensorRT.
+    use_cache = timing_cache is not None and name == "tensorrt"
+    if use_cache:
+        data = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
+        config.set_timing_cache(config.create_timing_cache(data), ignore_mismatch=False)
 
     serialized = trt_builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineError(f"{name} could not build {Path(onnx_path).name} (rerun with --verbose for the builder log)")
     data = bytes(serialized)
     Path(plan_path).write_bytes(data)
-    if timing_cache is not None:
+    if use_cache:
         tmp = Path(f"{timing_cache}.tmp-{os.getpid()}")
         tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
         tmp.replace(timing_cache)
@@ -148,10 +151,10 @@ def build_engine(onnx_path: Path, args: ModelArgs, plan_path: Path, limits: Prof
         builder=name,
         builder_version=trt.__version__,
         limits=limits.to_dict(),
-        profiles={p: {n: [list(s) for s in v] for n, v in per_input.items()} for p, per_input in shapes.items()},
+        profiles=accepted,
         flags=["STRONGLY_TYPED"],
         compute_capabilities=compute_capabilities(trt, config),
         seconds=time.perf_counter() - start,
         sha256=hashlib.sha256(data).hexdigest(),
-        timing_cache=str(timing_cache) if timing_cache else None,
+        timing_cache=str(timing_cache) if use_cache else None,
     )

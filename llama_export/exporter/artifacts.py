@@ -88,12 +88,17 @@ def tool_info() -> dict:
             "python": platform.python_version()}
 
 
+# Views written after the model, each with its own index: report/ holds timings (not reproducible) and
+# triton/ holds copies of model files already hashed here.
+DERIVED_FOLDERS = ("report", "triton")
+
+
 def file_entries(folder: Path) -> dict[str, dict]:
-    """Every file under `folder` except the manifest: relative path -> sha256 and size."""
+    """Every file under `folder` except the manifest and DERIVED_FOLDERS: relative path -> sha256 and size."""
     entries = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
-        if rel != MANIFEST:
+        if rel != MANIFEST and rel.split("/")[0] not in DERIVED_FOLDERS:
             entries[rel] = {"sha256": file_sha256(path), "size": path.stat().st_size}
     return entries
 
@@ -102,7 +107,9 @@ def write_manifest(folder: Path, content: dict) -> Path:
     """manifest.json = `content` + the file list; sorted keys and no timestamps so it is reproducible."""
     manifest = {**content, "files": file_entries(folder)}
     path = folder / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp = folder / f".{MANIFEST}.tmp-{os.getpid()}"  # a later stage may rewrite it in place: never half-written
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
     return path
 
 
