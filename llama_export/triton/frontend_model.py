@@ -31,7 +31,13 @@ class BlsRunner:
     name = "trt-bls"
 
     def __init__(self, model_name: str, args: ModelArgs, kv_dtype: str):
-        self.model_name, self.args, self.kv_dtype = model_name, args, np.dtype(kv_dtype)
+        self.model_name, self.args = model_name, args
+        if kv_dtype == "bfloat16":  # numpy has no bfloat16 of its own; ml_dtypes (an onnx dependency) does
+            import ml_dtypes
+
+            self.kv_dtype = np.dtype(ml_dtypes.bfloat16)
+        else:
+            self.kv_dtype = np.dtype(kv_dtype)
         self._outputs = io_spec.output_names(args.n_layers)
 
     def run(self, feeds):

@@ -165,3 +165,16 @@ def test_container_tags_only_from_verified_rows():
     assert containers.container_tags("tensorrt", "10.13.0") == []
     assert containers.container_tags("tensorrt-rtx", "1.7.1.116") == []
     assert "support matrix" in containers.container_advice("tensorrt", "10.13.0")
+
+
+def test_cli_writes_the_repository_and_reports_user_errors(tiny_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from llama_export.cli import main
+
+    result = CliRunner().invoke(main, ["triton", str(tiny_dir), "--repo", str(tmp_path / "repo"), "--name", "demo"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "repo" / "demo_generate" / "config.pbtxt").is_file()
+    missing = CliRunner().invoke(main, ["triton", str(tmp_path / "nothing"), "--repo", str(tmp_path / "r2")])
+    assert missing.exit_code == 2 and "llama-export export" in missing.output
+    assert not (tmp_path / "r2").exists()
