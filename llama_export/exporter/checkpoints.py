@@ -297,7 +297,7 @@ class SafetensorsCheckpoint(Checkpoint):
         return self._files.get(self.path, name)
 
     def fingerprint(self) -> str:
-        return file_sha256(self.path)
+        return safetensors_content_sha256(self.path)
 
 
 def save_checkpoint(state_dict: dict[str, torch.Tensor], args: ModelArgs, folder: Path,
@@ -359,6 +359,20 @@ def load_model(checkpoint: Checkpoint, dtype: torch.dtype = torch.float32) -> Tr
         model = Transformer(checkpoint.args)
     model.load_state_dict(checkpoint.state_dict(dtype), strict=True, assign=True)
     return model.eval()
+
+
+def safetensors_content_sha256(path: Path, chunk: int = 1 << 24) -> str:
+    """sha256 of a .safetensors file with its JSON header in canonical form (sorted keys).
+
+    safetensors writes `__metadata__` keys in hash-map order (upstream issue #584), so identical weights can
+    give different file bytes; this digest depends only on the header's content and the tensor bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        digest.update(json.dumps(json.loads(f.read(n)), sort_keys=True, separators=(",", ":")).encode())
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def file_sha256(path: Path, chunk: int = 1 << 24) -> str:

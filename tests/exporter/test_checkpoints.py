@@ -213,3 +213,25 @@ def test_a_whole_missing_layer_is_reported_against_params(tmp_path, tiny_args, t
     save_checkpoint({n: t for n, t in tiny_state.items() if not n.startswith("layers.1.")}, tiny_args, tmp_path)
     with pytest.raises(UserError, match="n_layers=2 but .* holds 1 layers"):
         open_checkpoint(tmp_path)
+
+
+def test_own_format_fingerprint_ignores_safetensors_header_key_order(tmp_path, tiny_args, tiny_state):
+    import struct
+
+    from llama_export.exporter.checkpoints import SafetensorsCheckpoint, save_checkpoint
+
+    save_checkpoint(tiny_state, tiny_args, tmp_path / "a")
+    path = tmp_path / "a" / "model.safetensors"
+    before = SafetensorsCheckpoint(tmp_path / "a").fingerprint()
+    # Rewrite the header with its metadata keys in the other order, as safetensors sometimes does (#584).
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    header["__metadata__"] = dict(reversed(list(header["__metadata__"].items())))
+    text = json.dumps(header, separators=(",", ":")).encode().ljust(n)
+    assert text != raw[8:8 + n]
+    path.write_bytes(raw[:8] + text + raw[8 + n:])
+    assert SafetensorsCheckpoint(tmp_path / "a").fingerprint() == before
+    tiny_state["norm.weight"] = tiny_state["norm.weight"] * 2
+    save_checkpoint(tiny_state, tiny_args, tmp_path / "b")
+    assert SafetensorsCheckpoint(tmp_path / "b").fingerprint() != before
