@@ -1,0 +1,93 @@
+"""CPU decode by target: batch-1 prefill latency (128 tokens) and decode tokens/s in ONNX Runtime, per fusion
+target, against Torch eager on the same (random-init) weights. fp32, `small` size by default.
+
+    python benchmarks/cpu_decode.py [--size small] [--repeats 5] [--decode-steps 32] [--markdown]
+
+Each target is exported into its own folder (llama_export.exporter.export.export_onnx(..., target=...)), run
+with ORT's default graph optimisations (what a deployment gets), same thread count as Torch. Numbers are
+medians over `--repeats` runs; ratios are against the `none` graph and against Torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llama_export.config import get_size
+from llama_export.exporter.checkpoints import RandomCheckpoint, load_model
+from llama_export.exporter.export import export_onnx
+from llama_export.validate.runners import KVSession, OrtRunner, TorchRunner
+
+TARGETS = ("none", "onnx", "ort", "plugin")
+
+
+def measure(runner, prompt: np.ndarray, decode_steps: int, repeats: int) -> tuple[float, float]:
+    """(median prefill seconds, median decode tokens/s); one warm-up round first."""
+    prefill, rates = [], []
+    for round_ in range(repeats + 1):
+        session = KVSession(runner)
+        start = time.perf_counter()
+        logits = session.prefill(prompt)
+        prefilled = time.perf_counter()
+        token = logits[:, -1].argmax(-1)
+        for _ in range(decode_steps):
+            token = session.step(token)[:, -1].argmax(-1)
+        done = time.perf_counter()
+        if round_:
+            prefill.append(prefilled - start)
+            rates.append(decode_steps / (done - prefilled))
+    return statistics.median(prefill), statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="small")
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--decode-steps", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table for docs/BENCHMARKS.md")
+    opts = parser.parse_args()
+
+    args = get_size(opts.size)
+    checkpoint = RandomCheckpoint(args, seed=0)
+    prompt = np.random.default_rng(0).integers(1, args.vocab_size, size=(1, opts.prompt_len))
+    torch.set_num_threads(opts.threads)
+    results = {"torch": measure(TorchRunner(load_model(checkpoint)), prompt, opts.decode_steps, opts.repeats)}
+    counts = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for target in TARGETS:
+            folder = Path(tmp) / target
+            folder.mkdir()
+            result = export_onnx(checkpoint, folder, "fp32", 23, target=target)
+            counts[target] = {k: v for k, v in result.fusion_counts.items() if "cleanup" not in k}
+            runner = OrtRunner(result.model_path, args, intra_op_threads=opts.threads)
+            results[target] = measure(runner, prompt, opts.decode_steps, opts.repeats)
+            del runner
+
+    base_prefill, base_rate = results["none"]
+    torch_prefill, torch_rate = results["torch"]
+    rows = [("runner", "prefill ms", "decode tok/s", "decode vs none", "decode vs torch", "prefill vs torch",
+             "fused ops")]
+    for name, (prefill, rate) in results.items():
+        rows.append((name if name == "torch" else f"ort/{name}", f"{prefill * 1e3:.1f}", f"{rate:.1f}",
+                     f"{rate / base_rate:.2f}x", f"{rate / torch_rate:.2f}x", f"{torch_prefill / prefill:.2f}x",
+                     ", ".join(f"{k} {v}" for k, v in counts.get(name, {}).items()) or "-"))
+    if opts.markdown:
+        print("| " + " | ".join(rows[0]) + " |")
+        print("|" + "---|" * len(rows[0]))
+        for row in rows[1:]:
+            print("| " + " | ".join(row) + " |")
+    else:
+        for row in rows:
+            print("  ".join(f"{c:>16}" for c in row))
+
+
+if __name__ == "__main__":
+    main()
