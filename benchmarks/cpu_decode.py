@@ -71,7 +71,7 @@ def main() -> None:
             results[target] = measure(runner, prompt, opts.decode_steps, opts.repeats)
             del runner
 
-    base_prefill, base_rate = results["none"]
+    _, base_rate = results["none"]
     torch_prefill, torch_rate = results["torch"]
     rows = [("runner", "prefill ms", "decode tok/s", "decode vs none", "decode vs torch", "prefill vs torch",
              "fused ops")]
