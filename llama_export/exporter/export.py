@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx_ir as ir
 import torch
@@ -30,8 +31,15 @@ from .checkpoints import Checkpoint
 from .model import Transformer, rope_inv_freq
 from .weights import WeightStreamer, attach, embed_constants
 
+if TYPE_CHECKING:
+    from ..graphs.quantize import QuantOptions
+
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 KV_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # io_spec / manifest spelling
+# int8 precisions quantize the linear layers; everything else (activations, norms, KV cache, unquantized
+# weights) keeps a float dtype, chosen with float_dtype (--float-dtype), fp32 by default.
+QUANTIZED_PRECISIONS = ("int8-wo", "int8")
+ALL_PRECISIONS = (*PRECISIONS, *QUANTIZED_PRECISIONS)
 MIN_OPSET, DEFAULT_OPSET = 18, 23
 MODEL_FILE, DATA_FILE = "model.onnx", "model.onnx.data"
 
@@ -45,7 +53,21 @@ class ExportResult:
     fusion_counts: dict[str, int] = field(default_factory=dict)  # graphs.passes.apply_target's fire counts
 
 
-def check_export_options(precision: str, opset: int, target: str = "none") -> torch.dtype:
+def float_dtype_name(precision: str, float_dtype: str | None = None) -> str:
+    """The graph's float dtype: the precision itself for fp32/fp16/bf16, float_dtype (default fp32) for int8."""
+    if precision in PRECISIONS:
+        if float_dtype not in (None, precision):
+            raise UserError(f"--float-dtype {float_dtype} contradicts --precision {precision}; --float-dtype "
+                            f"applies to the int8 precisions ({', '.join(QUANTIZED_PRECISIONS)})")
+        return precision
+    if float_dtype is not None and float_dtype not in PRECISIONS:
+        raise UserError(f"unknown --float-dtype {float_dtype!r}; choose one of: {', '.join(PRECISIONS)}")
+    return float_dtype or "fp32"
+
+
+def check_export_options(precision: str, opset: int, target: str = "none",
+                         float_dtype: str | None = None) -> torch.dtype:
+    """Validates the options; returns the graph's float dtype."""
     from ..graphs.passes import ONNX_TARGET_OPSET, TARGETS
 
     if target not in TARGETS:
@@ -53,12 +75,16 @@ def check_export_options(precision: str, opset: int, target: str = "none") -> to
     if target == "onnx" and opset < ONNX_TARGET_OPSET:
         raise UserError(f"--target onnx needs --opset {ONNX_TARGET_OPSET} (RMSNormalization, RotaryEmbedding, "
                         f"Attention), got {opset}")
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if precision not in ALL_PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose one of: {', '.join(ALL_PRECISIONS)}")
     if opset < MIN_OPSET:
         raise UserError(f"--opset {opset} is too old: the export needs opset {MIN_OPSET} or newer "
                         f"(default {DEFAULT_OPSET})")
-    return PRECISIONS[precision]
+    name = float_dtype_name(precision, float_dtype)
+    if precision in QUANTIZED_PRECISIONS and name != "fp32" and opset < 19:
+        raise UserError(f"--precision {precision} with --float-dtype {name} needs --opset 19 or newer "
+                        "(16-bit QuantizeLinear/DequantizeLinear scales)")
+    return PRECISIONS[name]
 
 
 def _example_inputs(args: ModelArgs, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
@@ -160,18 +186,28 @@ def _canonical_dim(name: str | None) -> str | None:
 
 
 def export_onnx(checkpoint: Checkpoint, folder: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
-                progress: Callable[[str], None] | None = None, target: str = "none") -> ExportResult:
+                progress: Callable[[str], None] | None = None, target: str = "none",
+                float_dtype: str | None = None, quantization: QuantOptions | None = None) -> ExportResult:
     """Trace + stream weights into `folder` (which must exist): model.onnx and model.onnx.data.
 
     `progress(name)` is called after each tensor is written. This writes into the folder directly; use
-    artifacts.staged_output for the interrupt-safe output folder.
+    artifacts.staged_output for the interrupt-safe output folder. For the int8 precisions `quantization`
+    (prepare_quantization) says what to quantize; by default int8-wo's defaults, or int8 calibrated on the
+    built-in text.
     """
-    dtype = check_export_options(precision, opset, target)
+    from ..graphs.quantize import WeightTransform, quantize_graph
+
+    dtype = check_export_options(precision, opset, target, float_dtype)
+    if precision in QUANTIZED_PRECISIONS and quantization is None:
+        quantization = prepare_quantization(checkpoint, precision)
+    transform = WeightTransform(checkpoint.args, quantization, dtype) if quantization else None
     folder = Path(folder)
-    streamer = WeightStreamer(checkpoint, dtype, folder / DATA_FILE, progress)
+    streamer = WeightStreamer(checkpoint, dtype, folder / DATA_FILE, progress, transform)
     streamer.start()  # weights stream while the graph is traced
     try:
         model = trace_graph(checkpoint.args, dtype, opset)
+        # The quantize pass declares the int8 weights and scales the stream writes (no weight bytes read).
+        quant_counts = quantize_graph(model, checkpoint.args, quantization, dtype) if quantization else {}
         layout = streamer.result()
     except BaseException:
         streamer.cancel()  # stop writing before the caller removes the folder
@@ -182,6 +218,7 @@ def export_onnx(checkpoint: Checkpoint, folder: str | Path, precision: str = "fp
 
     # Fusion passes run on the graph with weights attached as external data; they never read weight bytes.
     model, fusion_counts = apply_target(model, checkpoint.args, target)
+    fusion_counts.update({f"quantize_{k}": v for k, v in quant_counts.items()})
     n_tensors, n_bytes = len(layout), (folder / DATA_FILE).stat().st_size
     model_path = folder / MODEL_FILE
     model.producer_name, model.producer_version = "llama-export", _version()
@@ -191,28 +228,58 @@ def export_onnx(checkpoint: Checkpoint, folder: str | Path, precision: str = "fp
     return ExportResult(model_path, folder / DATA_FILE, n_tensors, n_bytes, fusion_counts)
 
 
+def prepare_quantization(checkpoint: Checkpoint, precision: str, calibration_file: str | Path | None = None,
+                         alpha: float | None = None, samples: int | None = None, quantize_lm_head: bool = False,
+                         quantize_embeddings: bool = False) -> QuantOptions | None:
+    """QuantOptions for an int8 precision (None for float ones). int8 (W8A8) calibrates here: the fp32 Torch
+    reference runs over `calibration_file` (default: the tiny model's training text) and is dropped again."""
+    from ..graphs import calibration as cal
+    from ..graphs.quantize import QuantOptions
+
+    if precision not in QUANTIZED_PRECISIONS:
+        if calibration_file is not None or alpha is not None:
+            raise UserError(f"--calibration / --alpha apply to --precision int8, not {precision}")
+        return None
+    calibration = None
+    if precision == "int8":
+        text = cal.builtin_text() if calibration_file is None else cal.read_calibration_file(calibration_file)
+        calibration = cal.calibrate(checkpoint, text, find_tokenizer_for(checkpoint),
+                                    cal.DEFAULT_ALPHA if alpha is None else alpha,
+                                    cal.DEFAULT_SAMPLES if samples is None else samples)
+    elif calibration_file is not None or alpha is not None:
+        raise UserError("--calibration / --alpha apply to --precision int8 (int8-wo needs no calibration)")
+    return QuantOptions(precision, quantize_lm_head, quantize_embeddings, calibration)
+
+
 def export_to_folder(checkpoint: Checkpoint, out_dir: str | Path, precision: str = "fp32",
-                     opset: int = DEFAULT_OPSET, quiet: bool = False, target: str = "none") -> Path:
+                     opset: int = DEFAULT_OPSET, quiet: bool = False, target: str = "none",
+                     float_dtype: str | None = None, quantization: QuantOptions | None = None) -> Path:
     """The `export` command as a library call: DIR/model.onnx, model.onnx.data, tokenizer.model (when there is
     one) and manifest.json, written to a staging sibling and renamed into place at the end. Returns DIR."""
     from . import artifacts
 
-    check_export_options(precision, opset, target)  # fail before creating anything
+    check_export_options(precision, opset, target, float_dtype)  # fail before creating anything
+    if precision in QUANTIZED_PRECISIONS and quantization is None:
+        quantization = prepare_quantization(checkpoint, precision)
     out_dir = Path(out_dir).absolute()
     with artifacts.staged_output(out_dir) as staging, _progress_bar(checkpoint, quiet) as progress:
-        result = export_onnx(checkpoint, staging, precision, opset, progress, target)
+        result = export_onnx(checkpoint, staging, precision, opset, progress, target, float_dtype, quantization)
         tokenizer = find_tokenizer_for(checkpoint)
         if tokenizer is not None:
             shutil.copyfile(tokenizer, staging / artifacts.TOKENIZER)
-        artifacts.write_manifest(staging, manifest_content(checkpoint, precision, opset, result, target))
+        artifacts.write_manifest(staging, manifest_content(checkpoint, precision, opset, result, target,
+                                                           float_dtype, quantization))
     return out_dir
 
 
 def manifest_content(checkpoint: Checkpoint, precision: str, opset: int, result: ExportResult,
-                     target: str = "none") -> dict:
+                     target: str = "none", float_dtype: str | None = None,
+                     quantization: QuantOptions | None = None) -> dict:
     from . import artifacts
 
     args = checkpoint.args
+    dtype_name = float_dtype_name(precision, float_dtype)
+    extra = {} if quantization is None else {"float_dtype": dtype_name, "quantization": quantization.manifest()}
     return {
         "format": "llama-export/1",
         "size": _size_name(args),
@@ -226,7 +293,8 @@ def manifest_content(checkpoint: Checkpoint, precision: str, opset: int, result:
         "external_data": DATA_FILE,
         "tool": artifacts.tool_info(),
         "libraries": artifacts.library_versions(),
-        "io": io_spec.io_spec_json(args, KV_DTYPE_NAMES[precision]),
+        "io": io_spec.io_spec_json(args, KV_DTYPE_NAMES[dtype_name]),
+        **extra,
     }
 
 
@@ -275,6 +343,7 @@ def _version() -> str:
     return version("llama-export")
 
 
-__all__ = ["DATA_FILE", "DEFAULT_OPSET", "KV_DTYPE_NAMES", "MIN_OPSET", "MODEL_FILE", "PRECISIONS",
-           "ExportResult", "check_export_options", "export_onnx", "export_to_folder", "find_tokenizer_for",
-           "manifest_content", "trace_graph"]
+__all__ = ["ALL_PRECISIONS", "DATA_FILE", "DEFAULT_OPSET", "KV_DTYPE_NAMES", "MIN_OPSET", "MODEL_FILE",
+           "PRECISIONS", "QUANTIZED_PRECISIONS", "ExportResult", "check_export_options", "export_onnx",
+           "export_to_folder", "find_tokenizer_for", "float_dtype_name", "manifest_content",
+           "prepare_quantization", "trace_graph"]

@@ -24,7 +24,10 @@ from .checkpoints import Checkpoint
 # Offsets are page-aligned so runtimes can mmap each tensor in place.
 ALIGNMENT = 4096
 IR_DTYPES = {torch.float32: ir.DataType.FLOAT, torch.float16: ir.DataType.FLOAT16,
-             torch.bfloat16: ir.DataType.BFLOAT16}
+             torch.bfloat16: ir.DataType.BFLOAT16, torch.int8: ir.DataType.INT8}
+# A transform maps one checkpoint tensor to the tensors the graph holds for it (graphs.quantize.WeightTransform:
+# a linear weight becomes an int8 weight and its scales). Default: the tensor cast to the model dtype.
+Transform = Callable[[str, torch.Tensor], list[tuple[str, torch.Tensor]]]
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class Placement:
     offset: int
     length: int
     shape: tuple[int, ...]
+    dtype: torch.dtype | None = None  # None: the model dtype
 
 
 class Interrupted(Exception):
@@ -39,8 +43,10 @@ class Interrupted(Exception):
 
 
 def stream_weights(checkpoint: Checkpoint, dtype: torch.dtype, path: Path, stop: threading.Event,
-                   progress: Callable[[str], None] | None = None) -> dict[str, Placement]:
-    """Write every checkpoint tensor, converted to `dtype`, to `path` (fsynced). Returns where each one lies."""
+                   progress: Callable[[str], None] | None = None,
+                   transform: Transform | None = None) -> dict[str, Placement]:
+    """Write every checkpoint tensor, converted to `dtype` (or by `transform`), to `path` (fsynced).
+    Returns where each written tensor lies."""
     layout: dict[str, Placement] = {}
     offset = 0
     with open(path, "wb") as f, ThreadPoolExecutor(1, thread_name_prefix="weights-write") as writer:
@@ -48,21 +54,32 @@ def stream_weights(checkpoint: Checkpoint, dtype: torch.dtype, path: Path, stop:
         for name, tensor in checkpoint.iter_tensors():
             if stop.is_set():
                 raise Interrupted
-            converted = tensor.to(dtype).contiguous()
+            outputs = [(name, tensor.to(dtype).contiguous())] if transform is None else transform(name, tensor)
             del tensor  # the source copy goes before the next one is read
             if pending is not None:
                 pending.result()  # bounded: at most one write in flight while the next tensor is prepared
-            pad = -offset % ALIGNMENT
-            nbytes = converted.numel() * converted.element_size()
-            layout[name] = Placement(offset + pad, nbytes, tuple(converted.shape))
-            offset += pad + nbytes
-            pending = writer.submit(_write, f, pad, converted, name, progress)
-            del converted
+            pads = []
+            for out_name, converted in outputs:
+                pad = -offset % ALIGNMENT
+                nbytes = converted.numel() * converted.element_size()
+                layout[out_name] = Placement(offset + pad, nbytes, tuple(converted.shape), converted.dtype)
+                offset += pad + nbytes
+                pads.append(pad)
+            pending = writer.submit(_write_all, f, pads, outputs, name, progress)
+            del outputs
         if pending is not None:
             pending.result()
         f.flush()
         os.fsync(f.fileno())
     return layout
+
+
+def _write_all(f, pads: list[int], outputs: list[tuple[str, torch.Tensor]], name: str,
+               progress: Callable[[str], None] | None) -> None:
+    for pad, (_, tensor) in zip(pads, outputs):
+        _write(f, pad, tensor, name, None)
+    if progress is not None:
+        progress(name)
 
 
 def _write(f, pad: int, tensor: torch.Tensor, name: str, progress: Callable[[str], None] | None) -> None:
@@ -77,17 +94,17 @@ class WeightStreamer(threading.Thread):
     """stream_weights in a background thread; `result()` joins it and re-raises its error."""
 
     def __init__(self, checkpoint: Checkpoint, dtype: torch.dtype, path: Path,
-                 progress: Callable[[str], None] | None = None):
+                 progress: Callable[[str], None] | None = None, transform: Transform | None = None):
         super().__init__(name="weights-stream", daemon=True)  # daemon: never keeps an interrupted process alive
         self.stop = threading.Event()
-        self._job = (checkpoint, dtype, path, progress)
+        self._job = (checkpoint, dtype, path, progress, transform)
         self._layout: dict[str, Placement] | None = None
         self._error: BaseException | None = None
 
     def run(self) -> None:
-        checkpoint, dtype, path, progress = self._job
+        checkpoint, dtype, path, progress, transform = self._job
         try:
-            self._layout = stream_weights(checkpoint, dtype, path, self.stop, progress)
+            self._layout = stream_weights(checkpoint, dtype, path, self.stop, progress, transform)
         except BaseException as exc:  # noqa: BLE001 -- handed to the main thread by result()
             self._error = exc
 
@@ -116,7 +133,7 @@ def attach(model: ir.Model, layout: dict[str, Placement], dtype: torch.dtype, fo
         value = initializers[name]
         if where.shape != tuple(value.shape.numpy()):
             raise RuntimeError(f"{name}: checkpoint shape {where.shape} != graph shape {value.shape}")
-        value.const_value = ir.ExternalTensor(data_file, where.offset, where.length, IR_DTYPES[dtype],
+        value.const_value = ir.ExternalTensor(data_file, where.offset, where.length, IR_DTYPES[where.dtype or dtype],
                                               shape=ir.Shape(where.shape), name=name, base_dir=folder)
 
 

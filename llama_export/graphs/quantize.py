@@ -1,0 +1,212 @@
+"""INT8 as a graph pass: int8 weights + DequantizeLinear (int8-wo), plus activation Q/DQ pairs (int8, W8A8).
+
+The tracer exports nn.Linear as Transpose(W [out, in]) → MatMul. The pass replaces that with
+DequantizeLinear(W_int8 [in, out], scale [out], axis=1) → MatMul: the weight is stored already transposed so the
+DQ feeds the MatMul directly (the form ORT turns into MatMulNBits and TensorRT fuses into an int8 GEMM), and
+axis 1 is the output channel of that layout. Scales are symmetric per output channel (max|W| / 127), zero point 0,
+in the model's float dtype, so the DQ output has the dtype the MatMul expects.
+
+For `int8` each distinct MatMul input (attention_norm output → wq/wk/wv, attention output → wo, ffn_norm output
+→ w1/w3, SwiGLU product → w2) also gets QuantizeLinear → DequantizeLinear with one per-tensor scale from
+calibration and an explicit int8 zero point 0 (without one QuantizeLinear would produce uint8, which TensorRT
+refuses). Softmax, norms, RoPE and the residual stream stay float.
+
+Weight bytes never pass through here: the pass declares the new initializers (on the meta device, like the
+tracer's), and `WeightTransform` converts each checkpoint tensor while it is streamed (exporter/weights.py), so
+an int8 export holds at most one float weight at a time, like the float exports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+import torch
+
+from ..config import ModelArgs
+from .calibration import Calibration
+
+QUANTIZED_PRECISIONS = ("int8-wo", "int8")
+Q_MAX = 127.0  # symmetric int8: [-127, 127], so -x quantizes to -q(x)
+WEIGHT_SUFFIX, SCALE_SUFFIX = ".int8", ".scale"
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    """What to quantize. `calibration` is required for method int8 (W8A8) and ignored for int8-wo."""
+
+    method: str  # "int8-wo" or "int8"
+    quantize_lm_head: bool = False  # output.weight, weight-only in both methods
+    quantize_embeddings: bool = False  # tok_embeddings.weight: DQ(axis 0) → Gather
+    calibration: Calibration | None = field(default=None, compare=False)
+
+    def manifest(self) -> dict:
+        out = {"method": self.method, "weights": "int8 symmetric per output channel, zero point 0",
+               "lm_head": "int8" if self.quantize_lm_head else "float",
+               "embeddings": "int8" if self.quantize_embeddings else "float"}
+        if self.method == "int8":
+            out["activations"] = "int8 symmetric per tensor (static), zero point 0"
+            out["smoothquant"] = self.calibration.manifest() if self.calibration else None
+        return out
+
+
+def block_linears(args: ModelArgs) -> list[str]:
+    """The 7 linear weights of every block, in checkpoint names."""
+    names = []
+    for i in range(args.n_layers):
+        p = f"layers.{i}"
+        names += [f"{p}.attention.w{x}.weight" for x in "qkvo"]
+        names += [f"{p}.feed_forward.w{x}.weight" for x in "123"]
+    return names
+
+
+def quantized_weights(args: ModelArgs, options: QuantOptions) -> list[str]:
+    """Linear weights (nn.Linear layout [out, in]) that become int8."""
+    return block_linears(args) + (["output.weight"] if options.quantize_lm_head else [])
+
+
+def quantize_per_channel(weight: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 with one fp32 scale per index of `axis`: (q int8, scale fp32)."""
+    w = weight.float()
+    reduce = tuple(d for d in range(w.dim()) if d != axis)
+    amax = w.abs().amax(dim=reduce, keepdim=True).clamp_min(1e-12)  # all-zero channel: any scale works
+    scale = amax / Q_MAX
+    q = torch.round(w / scale).clamp_(-Q_MAX, Q_MAX).to(torch.int8)
+    return q, scale.reshape(-1)
+
+
+class WeightTransform:
+    """Checkpoint tensor → the tensors the quantized graph holds, one checkpoint tensor at a time.
+
+    Applies the SmoothQuant factors (int8) first, in fp32, then quantizes: a linear becomes (`W.int8` [in, out]
+    int8, `W.scale` [out] float dtype); norm weights absorb 1/s; everything else is only cast to `dtype`.
+    """
+
+    def __init__(self, args: ModelArgs, options: QuantOptions, dtype: torch.dtype):
+        self.dtype = dtype
+        self.quantized = set(quantized_weights(args, options))
+        self.embeddings = "tok_embeddings.weight" if options.quantize_embeddings else None
+        self.columns: dict[str, np.ndarray] = {}  # weight name -> multiply input channels (columns) by s
+        self.rows: dict[str, np.ndarray] = {}  # tensor name -> divide output channels (rows / elements) by s
+        calibration = options.calibration
+        if options.method == "int8":
+            if calibration is None:
+                raise ValueError("int8 (W8A8) needs a Calibration")
+            from .calibration import smoothing_groups
+
+            for absorber, linears in smoothing_groups(args.n_layers):
+                s = calibration.smoothing.get(linears[0])
+                if s is None:
+                    continue
+                self.rows[absorber] = s
+                for n in linears:
+                    self.columns[n] = s
+
+    def __call__(self, name: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        if name not in self.quantized and name not in self.rows and name != self.embeddings:
+            return [(name, tensor.to(self.dtype).contiguous())]
+        w = tensor.float()
+        if name in self.rows:  # a norm weight [dim] or w3 [hidden, dim]: divide output channel j by s_j
+            s = torch.from_numpy(self.rows[name])
+            w = w / (s if w.dim() == 1 else s[:, None])
+        if name in self.columns:
+            w = w * torch.from_numpy(self.columns[name])[None, :]
+        if name == self.embeddings:  # [vocab, dim], one scale per row (token)
+            q, scale = quantize_per_channel(w, axis=0)
+            return [(name + WEIGHT_SUFFIX, q), (name + SCALE_SUFFIX, scale.to(self.dtype))]
+        if name not in self.quantized:
+            return [(name, w.to(self.dtype).contiguous())]
+        q, scale = quantize_per_channel(w.t(), axis=1)  # stored transposed: [in, out], per output channel
+        return [(name + WEIGHT_SUFFIX, q.contiguous()), (name + SCALE_SUFFIX, scale.to(self.dtype))]
+
+
+def _meta_initializer(graph: ir.Graph, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> ir.Value:
+    tensor = ir.tensor_adapters.TorchTensor(torch.empty(shape, dtype=dtype, device="meta"), name=name)
+    value = ir.Value(name=name, shape=ir.Shape(shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+    graph.register_initializer(value)
+    return value
+
+
+def _small_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    tensor = ir.tensor(array, name=name)
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+    graph.register_initializer(value)
+    return value
+
+
+def _dequantized_weight(graph: ir.Graph, name: str, shape, axis: int, dtype: torch.dtype, before: ir.Node):
+    q = _meta_initializer(graph, name + WEIGHT_SUFFIX, shape, torch.int8)
+    scale = _meta_initializer(graph, name + SCALE_SUFFIX, (shape[axis],), dtype)
+    dq = ir.node("DequantizeLinear", [q, scale], attributes={"axis": axis}, name=f"{name}/DequantizeLinear")
+    graph.insert_before(before, dq)
+    dq.outputs[0].name = f"{name}.dequantized"
+    return dq.outputs[0]
+
+
+def quantize_graph(model: ir.Model, args: ModelArgs, options: QuantOptions, dtype: torch.dtype) -> dict[str, int]:
+    """Rewrite the traced graph in place (before weights are attached). Returns fire counts:
+    weights (DequantizeLinear on weights) and activations (Q/DQ pairs)."""
+    graph = model.graph
+    if model.opset_imports.get("", 0) < 19 and dtype != torch.float32:
+        raise ValueError("int8 with a 16-bit float dtype needs opset 19+ (16-bit Q/DQ scales)")
+    initializers = graph.initializers
+    matmul_inputs: dict[str, ir.Value] = {}  # linear weight name -> its MatMul's activation input
+    matmuls: dict[str, ir.Node] = {}
+    for name in quantized_weights(args, options):
+        weight = initializers[name]
+        transpose = _only_consumer(weight, "Transpose", name)
+        if list(transpose.attributes["perm"].as_ints()) != [1, 0]:
+            raise ValueError(f"{name}: expected Transpose perm [1, 0] before its MatMul")
+        matmul = _only_consumer(transpose.outputs[0], "MatMul", name)
+        out_features, in_features = weight.shape.numpy()
+        dequantized = _dequantized_weight(graph, name, (in_features, out_features), 1, dtype, matmul)
+        matmul.replace_input_with(1, dequantized)
+        graph.remove(transpose, safe=True)
+        del initializers[name]
+        matmul_inputs[name], matmuls[name] = matmul.inputs[0], matmul
+    if options.quantize_embeddings:
+        name = "tok_embeddings.weight"
+        weight = initializers[name]
+        gather = _only_consumer(weight, "Gather", name)
+        dequantized = _dequantized_weight(graph, name, tuple(weight.shape.numpy()), 0, dtype, gather)
+        gather.replace_input_with(0, dequantized)
+        del initializers[name]
+    counts = {"weights": len(matmuls) + int(options.quantize_embeddings), "activations": 0}
+    if options.method == "int8":
+        counts["activations"] = _quantize_activations(graph, options, matmul_inputs, matmuls, dtype)
+    return counts
+
+
+def _quantize_activations(graph, options, matmul_inputs, matmuls, dtype) -> int:
+    """One Q/DQ pair per distinct MatMul input; the lm_head (weight-only) keeps a float input."""
+    calibration = options.calibration
+    by_input: dict[ir.Value, list[str]] = {}
+    for name, value in matmul_inputs.items():
+        if name in calibration.input_amax:
+            by_input.setdefault(value, []).append(name)
+    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+    for k, (value, names) in enumerate(by_input.items()):
+        amax = max(calibration.activation_amax(n) for n in names)
+        scale = _small_initializer(graph, f"{names[0]}.input_scale", np.array(max(amax, 1e-8) / Q_MAX, np_dtype))
+        zero = _small_initializer(graph, f"{names[0]}.input_zero_point", np.array(0, np.int8))
+        first = matmuls[names[0]]
+        q = ir.node("QuantizeLinear", [value, scale, zero], name=f"{names[0]}/input/QuantizeLinear")
+        dq = ir.node("DequantizeLinear", [q.outputs[0], scale, zero], name=f"{names[0]}/input/DequantizeLinear")
+        graph.insert_before(first, [q, dq])
+        q.outputs[0].name, dq.outputs[0].name = f"{names[0]}.input_q", f"{names[0]}.input_dq"
+        for n in names:
+            matmuls[n].replace_input_with(0, dq.outputs[0])
+    return len(by_input)
+
+
+def _only_consumer(value: ir.Value, op_type: str, name: str) -> ir.Node:
+    users = [u.node for u in value.uses()]
+    if len(users) != 1 or users[0].op_type != op_type:
+        raise ValueError(f"{name}: expected one {op_type} consumer, found {[u.op_type for u in users]} "
+                         "(the traced linear pattern changed)")
+    return users[0]
+
+
+__all__ = ["QUANTIZED_PRECISIONS", "QuantOptions", "WeightTransform", "block_linears", "quantize_graph",
+           "quantize_per_channel", "quantized_weights"]
