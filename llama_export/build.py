@@ -26,10 +26,12 @@ from .exporter import artifacts
 from .exporter.checkpoints import Checkpoint
 from .exporter.export import (
     DEFAULT_OPSET,
+    QUANTIZED_PRECISIONS,
     check_export_options,
     export_onnx,
     find_tokenizer_for,
     manifest_content,
+    prepare_quantization,
 )
 
 ENGINE_MODES = ("auto", "require", "skip")
@@ -41,6 +43,8 @@ TRITON_INSTALL_HINT = "pip install 'llama-export[triton]'"
 class BuildOptions:
     precision: str = "fp32"
     target: str = "none"
+    float_dtype: str | None = None  # int8 precisions: the float dtype (default fp32)
+    quantization: object | None = None  # graphs.quantize.QuantOptions (export.prepare_quantization)
     opset: int = DEFAULT_OPSET
     engine: str = "auto"
     builder: str = "auto"
@@ -75,7 +79,7 @@ def _triton_available() -> bool:
 
 def check_build_options(checkpoint: Checkpoint, options: BuildOptions) -> tuple[str, object] | None:
     """Everything that can be refused is refused here, before anything is written. Returns the builder or None."""
-    check_export_options(options.precision, options.opset, options.target)
+    check_export_options(options.precision, options.opset, options.target, options.float_dtype)
     if options.engine not in ENGINE_MODES:
         raise UserError(f"--engine must be one of {', '.join(ENGINE_MODES)}, not {options.engine!r}")
     builder = None
@@ -99,14 +103,18 @@ def build(checkpoint: Checkpoint, out_dir: str | Path, options: BuildOptions | N
     limits = options.limits or default_limits(checkpoint.args.max_seq_len)
     from .exporter.export import _progress_bar
 
+    if options.quantization is None and options.precision in QUANTIZED_PRECISIONS:  # defaults, calibrated here
+        options.quantization = prepare_quantization(checkpoint, options.precision)
     result = BuildResult(folder=Path(out_dir).absolute())
     with artifacts.staged_output(result.folder) as staging:
         with _progress_bar(checkpoint, quiet) as progress:
-            exported = export_onnx(checkpoint, staging, options.precision, options.opset, progress, options.target)
+            exported = export_onnx(checkpoint, staging, options.precision, options.opset, progress, options.target,
+                                   options.float_dtype, options.quantization)
         tokenizer = find_tokenizer_for(checkpoint)
         if tokenizer is not None:
             shutil.copyfile(tokenizer, staging / artifacts.TOKENIZER)
-        content = manifest_content(checkpoint, options.precision, options.opset, exported, options.target)
+        content = manifest_content(checkpoint, options.precision, options.opset, exported, options.target,
+                                   options.float_dtype, options.quantization)
 
         if options.engine == "skip":
             result.notes.append("engine: skipped (--engine skip)")

@@ -79,26 +79,57 @@ def export_options(f):
     f = click.option("--out", type=click.Path(path_type=Path),
                      help="Output folder (default: out/<size-or-checkpoint-name>-<precision>).")(f)
     f = click.option("--opset", type=int, default=23, show_default=True, help="ONNX opset, 18 or newer.")(f)
-    f = click.option("--precision", default="fp32", show_default=True, help="fp32, fp16 or bf16 (typed graph).")(f)
+    f = click.option("--precision", default="fp32", show_default=True,
+                     help="fp32, fp16, bf16 (typed graph); int8-wo (int8 weights) or int8 (W8A8, calibrated).")(f)
+    return quantization_options(f)
+
+
+def quantization_options(f):
+    """int8 options. The float dtype is its own option rather than part of the precision name: precision stays
+    one of the five names the gate, manifest and design know, and --float-dtype composes with both int8 kinds."""
+    f = click.option("--float-dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+                     help="int8 precisions: dtype of activations, KV cache and unquantized weights [fp32].")(f)
+    f = click.option("--calibration", type=click.Path(path_type=Path), default=None,
+                     help="int8: UTF-8 text to calibrate on (default: the tiny model's training text).")(f)
+    f = click.option("--calibration-samples", type=click.IntRange(min=1), default=None,
+                     help="int8: calibration windows (default 32, of min(512, context) tokens).")(f)
+    f = click.option("--alpha", type=float, default=None, help="int8: SmoothQuant migration strength [0.5].")(f)
+    f = click.option("--quantize-lm-head", is_flag=True, help="int8: also quantize the output projection.")(f)
+    f = click.option("--quantize-embeddings", is_flag=True, help="int8: also quantize the embedding table.")(f)
     return f
 
 
-def default_out(size: str | None, checkpoint: Path | None, precision: str) -> Path:
+def _quantization(ckpt, precision, calibration, calibration_samples, alpha, quantize_lm_head,
+                  quantize_embeddings):
+    from .exporter.export import prepare_quantization
+
+    if precision not in ("int8-wo", "int8") and (quantize_lm_head or quantize_embeddings or calibration_samples):
+        raise UserError(f"--quantize-* / --calibration-samples apply to the int8 precisions, not {precision}")
+    return prepare_quantization(ckpt, precision, calibration, alpha, calibration_samples, quantize_lm_head,
+                                quantize_embeddings)
+
+
+def default_out(size: str | None, checkpoint: Path | None, precision: str, float_dtype: str | None = None) -> Path:
     name = checkpoint.absolute().name if checkpoint is not None else (size or "tiny").lower()
-    return Path("out") / f"{name}-{precision}"
+    suffix = f"-{float_dtype}" if float_dtype and float_dtype != precision else ""
+    return Path("out") / f"{name}-{precision}{suffix}"
 
 
 @main.command()
 @model_options
 @export_options
-def export(size, checkpoint, random_init, seed, precision, opset, target, out, quiet):
+def export(size, checkpoint, random_init, seed, precision, opset, target, out, quiet, float_dtype, calibration,
+           calibration_samples, alpha, quantize_lm_head, quantize_embeddings):
     """Export to ONNX: DIR/model.onnx + model.onnx.data + manifest.json (weights streamed, bounded memory)."""
     from .exporter.export import check_export_options, export_to_folder
     from .exporter.sources import resolve_checkpoint
 
-    check_export_options(precision, opset, target)
+    check_export_options(precision, opset, target, float_dtype)
     ckpt = resolve_checkpoint(size, checkpoint, random_init, seed)
-    folder = export_to_folder(ckpt, out or default_out(size, checkpoint, precision), precision, opset, quiet=quiet, target=target)
+    quantization = _quantization(ckpt, precision, calibration, calibration_samples, alpha, quantize_lm_head,
+                                 quantize_embeddings)
+    folder = export_to_folder(ckpt, out or default_out(size, checkpoint, precision, float_dtype), precision, opset,
+                              quiet=quiet, target=target, float_dtype=float_dtype, quantization=quantization)
     if not quiet:
         click.echo(f"wrote {folder}", err=True)
 
@@ -249,19 +280,26 @@ def _checkpoint_tokenizer(tokenizer, checkpoint, size, random_init, tiny_asset, 
 @click.option("--steps", type=click.IntRange(min=0), default=32, show_default=True, help="Validation decode steps.")
 @click.option("--triton/--no-triton", default=None,
               help="Write triton/ (default: when tritonclient is installed).")
-def build(size, checkpoint, random_init, seed, precision, opset, target, out, quiet, engine, builder, max_batch,
+def build(size, checkpoint, random_init, seed, precision, opset, target, out, quiet, float_dtype, calibration,
+          calibration_samples, alpha, quantize_lm_head, quantize_embeddings, engine, builder, max_batch,
           max_input, max_seq, timing_cache, validate, steps, triton):
     """Export, fuse, build an engine, validate and write a Triton repository into one output folder."""
     from .build import BuildOptions, default_limits
     from .build import build as run_build
+    from .exporter.export import check_export_options
     from .exporter.sources import resolve_checkpoint
 
+    check_export_options(precision, opset, target, float_dtype)
     ckpt = resolve_checkpoint(size, checkpoint, random_init, seed)
+    quantization = _quantization(ckpt, precision, calibration, calibration_samples, alpha, quantize_lm_head,
+                                 quantize_embeddings)
     options = BuildOptions(precision=precision, target=target, opset=opset, engine=engine, builder=builder,
+                           float_dtype=float_dtype, quantization=quantization,
                            limits=default_limits(ckpt.args.max_seq_len, max_batch, max_input, max_seq),
                            timing_cache=timing_cache, validate=validate, validate_steps=steps, triton=triton)
     say = (lambda _m: None) if quiet else (lambda message: click.echo(f"build: {message}", err=True))
-    result = run_build(ckpt, out or default_out(size, checkpoint, precision), options, quiet=quiet, say=say)
+    result = run_build(ckpt, out or default_out(size, checkpoint, precision, float_dtype), options, quiet=quiet,
+                       say=say)
     for note in result.notes:
         say(note)
     if result.passed is not None:
