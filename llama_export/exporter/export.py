@@ -195,7 +195,7 @@ def export_onnx(checkpoint: Checkpoint, folder: str | Path, precision: str = "fp
     (prepare_quantization) says what to quantize; by default int8-wo's defaults, or int8 calibrated on the
     built-in text.
     """
-    from ..graphs.quantize import WeightTransform, quantize_graph
+    from ..graphs.quantize import WeightTransform, quantize_activations, quantize_weights
 
     dtype = check_export_options(precision, opset, target, float_dtype)
     if precision in QUANTIZED_PRECISIONS and quantization is None:
@@ -207,7 +207,7 @@ def export_onnx(checkpoint: Checkpoint, folder: str | Path, precision: str = "fp
     try:
         model = trace_graph(checkpoint.args, dtype, opset)
         # The quantize pass declares the int8 weights and scales the stream writes (no weight bytes read).
-        quant_counts = quantize_graph(model, checkpoint.args, quantization, dtype) if quantization else {}
+        n_quantized = quantize_weights(model, checkpoint.args, quantization, dtype) if quantization else 0
         layout = streamer.result()
     except BaseException:
         streamer.cancel()  # stop writing before the caller removes the folder
@@ -218,7 +218,9 @@ def export_onnx(checkpoint: Checkpoint, folder: str | Path, precision: str = "fp
 
     # Fusion passes run on the graph with weights attached as external data; they never read weight bytes.
     model, fusion_counts = apply_target(model, checkpoint.args, target)
-    fusion_counts.update({f"quantize_{k}": v for k, v in quant_counts.items()})
+    if quantization:
+        fusion_counts["quantize_weights"] = n_quantized
+        fusion_counts["quantize_activations"] = quantize_activations(model, quantization)
     n_tensors, n_bytes = len(layout), (folder / DATA_FILE).stat().st_size
     model_path = folder / MODEL_FILE
     model.producer_name, model.producer_version = "llama-export", _version()

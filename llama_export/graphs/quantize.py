@@ -7,8 +7,8 @@ axis 1 is the output channel of that layout. Scales are symmetric per output cha
 in the model's float dtype, so the DQ output has the dtype the MatMul expects.
 
 For `int8` each distinct MatMul input (attention_norm output → wq/wk/wv, attention output → wo, ffn_norm output
-→ w1/w3, SwiGLU product → w2) also gets QuantizeLinear → DequantizeLinear with one per-tensor scale from
-calibration and an explicit int8 zero point 0 (without one QuantizeLinear would produce uint8, which TensorRT
+→ w1/w3, SwiGLU product → w2) gets, per MatMul, QuantizeLinear → DequantizeLinear with one per-tensor scale
+from calibration and an explicit int8 zero point 0 (without one QuantizeLinear would produce uint8, which TensorRT
 refuses). Softmax, norms, RoPE and the residual stream stay float.
 
 Weight bytes never pass through here: the pass declares the new initializers (on the meta device, like the
@@ -144,15 +144,14 @@ def _dequantized_weight(graph: ir.Graph, name: str, shape, axis: int, dtype: tor
     return dq.outputs[0]
 
 
-def quantize_graph(model: ir.Model, args: ModelArgs, options: QuantOptions, dtype: torch.dtype) -> dict[str, int]:
-    """Rewrite the traced graph in place (before weights are attached). Returns fire counts:
-    weights (DequantizeLinear on weights) and activations (Q/DQ pairs)."""
+def quantize_weights(model: ir.Model, args: ModelArgs, options: QuantOptions, dtype: torch.dtype) -> int:
+    """Rewrite the traced graph in place, before weights are attached: Transpose(W) → MatMul becomes
+    DQ(W_int8, scale) → MatMul. Returns how many weights it quantized."""
     graph = model.graph
     if model.opset_imports.get("", 0) < 19 and dtype != torch.float32:
         raise ValueError("int8 with a 16-bit float dtype needs opset 19+ (16-bit Q/DQ scales)")
     initializers = graph.initializers
-    matmul_inputs: dict[str, ir.Value] = {}  # linear weight name -> its MatMul's activation input
-    matmuls: dict[str, ir.Node] = {}
+    count = 0
     for name in quantized_weights(args, options):
         weight = initializers[name]
         transpose = _only_consumer(weight, "Transpose", name)
@@ -164,7 +163,7 @@ def quantize_graph(model: ir.Model, args: ModelArgs, options: QuantOptions, dtyp
         matmul.replace_input_with(1, dequantized)
         graph.remove(transpose, safe=True)
         del initializers[name]
-        matmul_inputs[name], matmuls[name] = matmul.inputs[0], matmul
+        count += 1
     if options.quantize_embeddings:
         name = "tok_embeddings.weight"
         weight = initializers[name]
@@ -172,32 +171,38 @@ def quantize_graph(model: ir.Model, args: ModelArgs, options: QuantOptions, dtyp
         dequantized = _dequantized_weight(graph, name, tuple(weight.shape.numpy()), 0, dtype, gather)
         gather.replace_input_with(0, dequantized)
         del initializers[name]
-    counts = {"weights": len(matmuls) + int(options.quantize_embeddings), "activations": 0}
-    if options.method == "int8":
-        counts["activations"] = _quantize_activations(graph, options, matmul_inputs, matmuls, dtype)
-    return counts
+        count += 1
+    return count
 
 
-def _quantize_activations(graph, options, matmul_inputs, matmuls, dtype) -> int:
-    """One Q/DQ pair per distinct MatMul input; the lm_head (weight-only) keeps a float input."""
-    calibration = options.calibration
-    by_input: dict[ir.Value, list[str]] = {}
-    for name, value in matmul_inputs.items():
+def quantize_activations(model: ir.Model, options: QuantOptions) -> int:
+    """int8 only: a Q/DQ pair on the activation input of every calibrated linear's MatMul (found by its
+    dequantized weight). Runs after the fusion passes, whose CSE would merge the per-MatMul pairs again: ORT
+    fuses Q → DQ → MatMul (with a DQ weight) into MatMulIntegerToFloat only when the DQ has that one consumer.
+    Returns the number of pairs."""
+    if options.method != "int8":
+        return 0
+    graph, calibration = model.graph, options.calibration
+    dtype = graph.outputs[1].dtype  # present.0.key: the float dtype
+    np_dtype = np.float32 if dtype == ir.DataType.FLOAT else np.float16  # scales in the float dtype
+    if dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16):
+        raise ValueError(f"int8 activations need a float32 or float16 graph, not {dtype}")
+    matmuls = {}
+    for node in graph:
+        weight = node.inputs[1] if node.op_type == "MatMul" and len(node.inputs) == 2 else None
+        name = weight.name.removesuffix(".dequantized") if weight is not None and weight.name else ""
         if name in calibration.input_amax:
-            by_input.setdefault(value, []).append(name)
-    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
-    for k, (value, names) in enumerate(by_input.items()):
-        amax = max(calibration.activation_amax(n) for n in names)
-        scale = _small_initializer(graph, f"{names[0]}.input_scale", np.array(max(amax, 1e-8) / Q_MAX, np_dtype))
-        zero = _small_initializer(graph, f"{names[0]}.input_zero_point", np.array(0, np.int8))
-        first = matmuls[names[0]]
-        q = ir.node("QuantizeLinear", [value, scale, zero], name=f"{names[0]}/input/QuantizeLinear")
-        dq = ir.node("DequantizeLinear", [q.outputs[0], scale, zero], name=f"{names[0]}/input/DequantizeLinear")
-        graph.insert_before(first, [q, dq])
-        q.outputs[0].name, dq.outputs[0].name = f"{names[0]}.input_q", f"{names[0]}.input_dq"
-        for n in names:
-            matmuls[n].replace_input_with(0, dq.outputs[0])
-    return len(by_input)
+            matmuls[name] = node
+    for name, matmul in matmuls.items():
+        amax = calibration.activation_amax(name)
+        scale = _small_initializer(graph, f"{name}.input_scale", np.array(max(amax, 1e-8) / Q_MAX, np_dtype))
+        zero = _small_initializer(graph, f"{name}.input_zero_point", np.array(0, np.int8))
+        q = ir.node("QuantizeLinear", [matmul.inputs[0], scale, zero], name=f"{name}/input/QuantizeLinear")
+        dq = ir.node("DequantizeLinear", [q.outputs[0], scale, zero], name=f"{name}/input/DequantizeLinear")
+        graph.insert_before(matmul, [q, dq])
+        q.outputs[0].name, dq.outputs[0].name = f"{name}.input_q", f"{name}.input_dq"
+        matmul.replace_input_with(0, dq.outputs[0])
+    return len(matmuls)
 
 
 def _only_consumer(value: ir.Value, op_type: str, name: str) -> ir.Node:
@@ -208,5 +213,5 @@ def _only_consumer(value: ir.Value, op_type: str, name: str) -> ir.Node:
     return users[0]
 
 
-__all__ = ["QUANTIZED_PRECISIONS", "QuantOptions", "WeightTransform", "block_linears", "quantize_graph",
-           "quantize_per_channel", "quantized_weights"]
+__all__ = ["QUANTIZED_PRECISIONS", "QuantOptions", "WeightTransform", "block_linears", "quantize_activations",
+           "quantize_per_channel", "quantize_weights", "quantized_weights"]
