@@ -81,6 +81,8 @@ def check_export_options(precision: str, opset: int, target: str = "none",
         raise UserError(f"--opset {opset} is too old: the export needs opset {MIN_OPSET} or newer "
                         f"(default {DEFAULT_OPSET})")
     name = float_dtype_name(precision, float_dtype)
+    if precision == "int8" and name == "bf16":  # static activation scales are stored in the float dtype
+        raise UserError("--precision int8 (W8A8) supports --float-dtype fp32 or fp16, not bf16; use int8-wo for bf16")
     if precision in QUANTIZED_PRECISIONS and name != "fp32" and opset < 19:
         raise UserError(f"--precision {precision} with --float-dtype {name} needs --opset 19 or newer "
                         "(16-bit QuantizeLinear/DequantizeLinear scales)")

@@ -19,7 +19,7 @@ from llama_export.exporter.export import export_to_folder, prepare_quantization
 from llama_export.exporter.sources import TINY_ASSET, resolve_checkpoint
 from llama_export.graphs.calibration import calibration_windows, read_calibration_file
 from llama_export.graphs.quantize import quantize_per_channel
-from llama_export.validate.runners import OrtRunner, TorchRunner
+from llama_export.validate.runners import KVSession, OrtRunner, TorchRunner
 
 # vocab 2048 so the tiny asset's tokenizer tokenizes the calibration text (export.find_tokenizer_for)
 SMALL = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=2048, multiple_of=32, max_seq_len=128)
@@ -117,12 +117,26 @@ def test_composes_with_targets_and_fp16(tmp_path, method, target, float_dtype, o
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["float_dtype"] == float_dtype and manifest["fusion_counts"]["quantize_weights"] == 14
     ids = np.random.default_rng(0).integers(3, 2000, size=(1, 9))
-    from llama_export.validate.runners import KVSession
-
     got = KVSession(OrtRunner(folder / "model.onnx", SMALL)).prefill(ids)
     want = KVSession(TorchRunner(load_model(ckpt))).prefill(ids)
     assert np.isfinite(got).all()
     assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
+
+
+def test_lm_head_and_embeddings_optional(tmp_path):
+    ckpt = RandomCheckpoint(SMALL, seed=3)
+    quant = prepare_quantization(ckpt, "int8-wo", quantize_lm_head=True, quantize_embeddings=True)
+    folder = export_to_folder(ckpt, tmp_path / "out", "int8-wo", quiet=True, quantization=quant)
+    model = onnx.load(folder / "model.onnx", load_external_data=False)
+    assert len(_weight_dqs(model)) == 7 * SMALL.n_layers + 2
+    gather = next(n for n in model.graph.node if n.op_type == "Gather" and "dequantized" in n.input[0])
+    assert gather.input[0] == "tok_embeddings.weight.dequantized"
+    ids = np.random.default_rng(0).integers(3, 2000, size=(1, 9))
+    got = KVSession(OrtRunner(folder / "model.onnx", SMALL)).prefill(ids)
+    want = KVSession(TorchRunner(load_model(ckpt))).prefill(ids)
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
+    manifest = json.loads((folder / "manifest.json").read_text())["quantization"]
+    assert manifest["lm_head"] == manifest["embeddings"] == "int8"
 
 
 def test_quantize_per_channel_is_symmetric():
@@ -160,7 +174,10 @@ def test_bad_calibration_file(tmp_path, content, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_float_dtype_only_for_int8(tmp_path):
-    result = CliRunner().invoke(main, ["export", "--precision", "fp16", "--float-dtype", "fp32",
-                                       "--out", str(tmp_path / "out"), "--quiet"])
-    assert result.exit_code == 2 and "--float-dtype" in result.output
+@pytest.mark.parametrize("options", [["--precision", "fp16", "--float-dtype", "fp32"],
+                                     ["--precision", "int8", "--float-dtype", "bf16"],
+                                     ["--precision", "int8-wo", "--alpha", "0.7"]])
+def test_option_conflicts_exit_2(tmp_path, options):
+    result = CliRunner().invoke(main, ["export", *options, "--out", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
