@@ -55,6 +55,7 @@ class EngineBuild:
     sha256: str = ""
     timing_cache: str | None = None
     plugins: list[str] = field(default_factory=list)
+    graph_changes: list[str] = field(default_factory=list)  # what tensorrt_view changed for the parser
 
     def to_manifest(self) -> dict:
         return {
@@ -67,7 +68,31 @@ class EngineBuild:
             "compute_capabilities": self.compute_capabilities,
             "sha256": self.sha256,
             "plugins": self.plugins,
+            "graph_changes": self.graph_changes,
         }
+
+
+def tensorrt_view(onnx_path: Path) -> tuple[bytes | None, list[str]]:
+    """The graph as TensorRT's parser can take it: (serialized model or None for the file as is, what changed).
+
+    Only one thing differs: TensorRT's ONNX parser refuses Attention's `softmax_precision` attribute ("Setting
+    softmax precision is not supported in TensorRT Attention", TensorRT-RTX 1.7.1), which the fp16/bf16 `onnx`
+    target sets so ORT keeps softmax in fp32. IAttention has no precision setting; its softmax precision is
+    the kernel's. The weights stay where they are (external data, read through the parser's `path`)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type == "Attention" and node.domain in ("", "ai.onnx"):
+            kept = [a for a in node.attribute if a.name != "softmax_precision"]
+            if len(kept) != len(node.attribute):
+                del node.attribute[:]
+                node.attribute.extend(kept)
+                changed += 1
+    if not changed:
+        return None, []
+    return model.SerializeToString(), [f"softmax_precision dropped from {changed} Attention nodes"]
 
 
 def _parse(trt, onnx_path: Path, logger):
@@ -76,7 +101,10 @@ def _parse(trt, onnx_path: Path, logger):
     flags = 0 if strongly_typed is None else 1 << int(strongly_typed)  # TensorRT 11: strongly typed is the default
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    serialized, notes = tensorrt_view(onnx_path)
+    parsed = (parser.parse_from_file(str(onnx_path)) if serialized is None
+              else parser.parse(serialized, str(onnx_path)))
+    if not parsed:
         errors = [parser.get_error(i) for i in range(parser.num_errors)]
         first = errors[0]
         raise EngineError(
@@ -84,7 +112,28 @@ def _parse(trt, onnx_path: Path, logger):
             f"(op {first.node_operator() or '?'}): {first.desc()}"
             + (f" (+{len(errors) - 1} more errors)" if len(errors) > 1 else "")
         )
-    return builder, network, parser
+    return builder, network, notes
+
+
+def allow_attention_decomposition(trt, network) -> int:
+    """Mark every IAttention the parser made (from ONNX Attention) decomposable; returns how many.
+
+    Without it a builder that has no dedicated kernel for the shape/dtype fails the whole build (TensorRT-RTX
+    1.7.1, head_dim 64 fp32: "Attention operation was not supported by a dedicated kernel ... may be marked as
+    decomposable, using the TensorRT IAttention::setDecomposable method"). A dedicated kernel is still used
+    where one exists. Parsed layers come back as plain ILayer: re-class them to reach `.attention`
+    (Polygraphy's idiom)."""
+    input_type = getattr(trt.LayerType, "ATTENTION_INPUT", None)
+    if input_type is None:  # a TensorRT without IAttention parses ONNX Attention some other way
+        return 0
+    count = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type == input_type:
+            layer.__class__ = trt.IAttentionInputLayer
+            layer.attention.decomposable = True
+            count += 1
+    return count
 
 
 def compute_capabilities(trt, config) -> list[str]:
@@ -114,7 +163,8 @@ def build_engine(onnx_path: Path, args: ModelArgs, plan_path: Path, limits: Prof
     logger = trt.Logger(trt.Logger.INFO if verbose else trt.Logger.ERROR)
     shapes = input_shapes(args, limits)
     start = time.perf_counter()
-    trt_builder, network, _parser = _parse(trt, Path(onnx_path), logger)
+    trt_builder, network, notes = _parse(trt, Path(onnx_path), logger)
+    decomposable = allow_attention_decomposition(trt, network)
     config = trt_builder.create_builder_config()
 
     network_inputs = {network.get_input(i).name for i in range(network.num_inputs)}
@@ -152,9 +202,10 @@ def build_engine(onnx_path: Path, args: ModelArgs, plan_path: Path, limits: Prof
         builder_version=trt.__version__,
         limits=limits.to_dict(),
         profiles=accepted,
-        flags=["STRONGLY_TYPED"],
+        flags=["STRONGLY_TYPED", *(["ATTENTION_DECOMPOSABLE"] if decomposable else [])],
         compute_capabilities=compute_capabilities(trt, config),
         seconds=time.perf_counter() - start,
         sha256=hashlib.sha256(data).hexdigest(),
         timing_cache=str(timing_cache) if use_cache else None,
+        graph_changes=notes,
     )

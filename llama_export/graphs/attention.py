@@ -12,8 +12,12 @@ onnxscript's SDPA/GQA rules (ort_fusions/sdpa.py, gqa.py, rules/fusion/_gqa.py) 
 repeat forms and GQA's seqlens inputs, so this is our own rule.
 
 Replacements per target:
-- onnx → Attention(q, k, v, bias, past_key, past_value, scale) → (out, present_key, present_value)  (opset 23;
-         4-D BNSH inputs carry the head counts, GQA included; softmax_precision=FLOAT in fp16/bf16 graphs)
+- onnx → Attention(q, present_key, present_value, bias, scale) → out, with the cache Concats kept outside (opset
+         23; 4-D BNSH inputs carry the head counts, GQA included; softmax_precision=FLOAT in fp16/bf16 graphs).
+         Why not Attention's own past_key/past_value inputs and present outputs: TensorRT's ONNX parser takes
+         Attention with one output only ("TensorRT only supports Attention nodes with one output", TensorRT-RTX
+         1.7.1), and ORT runs either form. engine/builder.py marks the parsed IAttention decomposable, so a
+         builder without a dedicated kernel for the shape decomposes it instead of failing.
 - ort  → com.microsoft MultiHeadAttention(query BSD, key/value repeated BNSH, attention_bias). Why MHA and not
          GroupQueryAttention: GQA refuses batch>1 with seq>1 and a past, and reads padding as right-padding
          (seqlens_k), while KVSession feeds left-padded batches; MHA takes our additive bias as is, so it runs
@@ -87,9 +91,10 @@ class AttentionRule(pattern.RewriteRuleClassBase):
         if self.target == "onnx":
             mask = op.Cast(bias, to=q.dtype) if self.cast else bias
             extra = {"softmax_precision": ir.DataType.FLOAT} if self.cast else {}
-            return op.Attention(q, k, v, mask, past_key, past_value, scale=scale, _outputs=3, **extra)
         present_key = op.Concat(past_key, k, axis=2)
         present_value = op.Concat(past_value, v, axis=2)
+        if self.target == "onnx":
+            return op.Attention(q, present_key, present_value, mask, scale=scale, **extra), present_key, present_value
         key, value = present_key, present_value
         if self.gqa:  # MHA wants n_heads keys: repeat each kv head n_rep times (BNSH)
             reps = a.n_heads // a.kv_heads
