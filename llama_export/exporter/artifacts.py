@@ -93,13 +93,37 @@ def tool_info() -> dict:
 DERIVED_FOLDERS = ("report", "triton")
 
 
+# sha256 of files this process wrote or hashed, keyed by what identifies a file's content without reading it
+# (device, inode, size, mtime_ns; the key survives the staging folder's rename). The weight stream hashes
+# model.onnx.data while writing it, so a 13 GB manifest entry costs no second read, and `build` rewriting the
+# manifest after each stage rehashes nothing. Any write changes size or mtime, so a stale entry never matches.
+_SHA256_BY_IDENTITY: dict[tuple[int, int, int, int], str] = {}
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def remember_sha256(path: Path, digest: str) -> None:
+    """Record the sha256 of a file just written and closed (its bytes were hashed on the way out)."""
+    _SHA256_BY_IDENTITY[_identity(Path(path))] = digest
+
+
+def sha256_of(path: Path) -> str:
+    key = _identity(Path(path))
+    if key not in _SHA256_BY_IDENTITY:
+        _SHA256_BY_IDENTITY[key] = file_sha256(path)
+    return _SHA256_BY_IDENTITY[key]
+
+
 def file_entries(folder: Path) -> dict[str, dict]:
     """Every file under `folder` except the manifest and DERIVED_FOLDERS: relative path -> sha256 and size."""
     entries = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
         if rel != MANIFEST and rel.split("/")[0] not in DERIVED_FOLDERS:
-            entries[rel] = {"sha256": file_sha256(path), "size": path.stat().st_size}
+            entries[rel] = {"sha256": sha256_of(path), "size": path.stat().st_size}
     return entries
 
 
@@ -146,4 +170,4 @@ def load_manifest(folder: str | Path) -> Artifacts:
 
 
 __all__ = ["MANIFEST", "TOKENIZER", "Artifacts", "file_entries", "library_versions", "load_manifest",
-           "staged_output", "tool_info", "write_manifest"]
+           "remember_sha256", "sha256_of", "staged_output", "tool_info", "write_manifest"]

@@ -8,7 +8,7 @@ Sources (`open_checkpoint` picks one from what a folder holds):
 - Hugging Face: `config.json` + `model.safetensors` or a sharded index (hf_format.py).
 - SafetensorsCheckpoint: our own format, `params.json` (ModelArgs) + `model.safetensors` (format=llama-export).
 - RandomCheckpoint: a named size + seed. Each tensor is generated from its own seed, so streaming one tensor
-  gives the same values as building the whole model.
+  gives the same values as building the whole model (uniform_init: uniform with std 0.02, norms all ones).
 
 Loading is strict and fails early: every source checks the tensor names and shapes it *would* produce against
 `expected_shapes(args)` from file headers alone (safetensors headers, mmapped .pth shards) before any data is
@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..config import SIZES, ModelArgs
@@ -80,6 +84,36 @@ class Checkpoint:
         return {n: (t if dtype is None else t.to(dtype)) for n, t in self.iter_tensors()}
 
 
+RANDOM_CHUNK = 1 << 22  # values per independently seeded stream of a random tensor
+
+
+def uniform_init(shape: tuple[int, ...], seed: int, std: float = INIT_STD) -> torch.Tensor:
+    """fp32 values uniform in [-√3·std, √3·std): the std of N(0, std), like nn.Linear's own (uniform) init.
+
+    Why uniform and chunked: random init is what a 7B export benchmark spends its CPU on (6.7 G values), and
+    numpy's PCG64 draws uniform floats ~2.5x faster than torch's normal_ (measured here: 243 vs 96 M/s per
+    core). Each RANDOM_CHUNK-sized piece has its own stream (PCG64 seeded with [seed, chunk]), so pieces fill
+    in parallel and the values do not depend on the number of threads.
+    """
+    n = math.prod(shape)
+    out = np.empty(n, dtype=np.float32)
+    bound = math.sqrt(3.0) * std
+
+    def fill(chunk: int) -> None:
+        piece = out[chunk * RANDOM_CHUNK:(chunk + 1) * RANDOM_CHUNK]
+        np.random.Generator(np.random.PCG64([seed, chunk])).random(out=piece, dtype=np.float32)
+        piece *= 2 * bound  # numpy releases the GIL for these, so the pieces really run in parallel
+        piece -= bound
+
+    chunks = range(-(-n // RANDOM_CHUNK))
+    if len(chunks) == 1:
+        fill(0)
+    else:
+        with ThreadPoolExecutor(min(len(chunks), os.cpu_count() or 1)) as pool:
+            list(pool.map(fill, chunks))
+    return torch.from_numpy(out).view(shape)
+
+
 class RandomCheckpoint(Checkpoint):
     def __init__(self, args: ModelArgs, seed: int = 0):
         self.args, self.seed = args, seed
@@ -89,12 +123,12 @@ class RandomCheckpoint(Checkpoint):
         shape = expected_shapes(self.args)[name]
         if len(shape) == 1:  # norm weights
             return torch.ones(shape)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
-        # normal_ draws the same values as randn(...) * INIT_STD in one pass (2-3x faster: 7B in ~35 s, not ~90)
-        return torch.empty(shape).normal_(0.0, INIT_STD, generator=generator)
+        return uniform_init(shape, self.seed * 1_000_003 + zlib.crc32(name.encode()))
 
     def fingerprint(self) -> str:
-        payload = json.dumps({"random_init": self.seed, "args": self.args.to_dict()}, sort_keys=True)
+        # "init" names the generator: the same seed under another generator is other weights.
+        payload = json.dumps({"random_init": self.seed, "init": "uniform_init/pcg64", "args": self.args.to_dict()},
+                             sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
 

@@ -4,11 +4,13 @@ The data file does not depend on the graph (tensor names, shapes and order come 
 written by a background thread while the main thread traces: wall time is max(trace, read + write) rather than
 their sum. Within the stream, reading/converting tensor i+1 overlaps writing tensor i (torch kernels and file
 writes release the GIL). At most two converted tensors are alive at once, so memory is bounded by the largest
-tensor, not the model. After tracing, `attach` points each graph initializer at its bytes.
+tensor, not the model. The writer hashes the bytes it writes (artifacts.remember_sha256), so the manifest never
+reads the data file back. After tracing, `attach` points each graph initializer at its bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from pathlib import Path
 import onnx_ir as ir
 import torch
 
+from .artifacts import remember_sha256
 from .checkpoints import Checkpoint
 
 # Offsets are page-aligned so runtimes can mmap each tensor in place.
@@ -49,6 +52,7 @@ def stream_weights(checkpoint: Checkpoint, dtype: torch.dtype, path: Path, stop:
     Returns where each written tensor lies."""
     layout: dict[str, Placement] = {}
     offset = 0
+    digest = hashlib.sha256()  # updated by the writer thread only, in file order
     with open(path, "wb") as f, ThreadPoolExecutor(1, thread_name_prefix="weights-write") as writer:
         pending: Future | None = None
         for name, tensor in checkpoint.iter_tensors():
@@ -65,27 +69,25 @@ def stream_weights(checkpoint: Checkpoint, dtype: torch.dtype, path: Path, stop:
                 layout[out_name] = Placement(offset + pad, nbytes, tuple(converted.shape), converted.dtype)
                 offset += pad + nbytes
                 pads.append(pad)
-            pending = writer.submit(_write_all, f, pads, outputs, name, progress)
+            pending = writer.submit(_write_all, f, digest, pads, outputs, name, progress)
             del outputs
         if pending is not None:
             pending.result()
         f.flush()
         os.fsync(f.fileno())
+    remember_sha256(path, digest.hexdigest())
     return layout
 
 
-def _write_all(f, pads: list[int], outputs: list[tuple[str, torch.Tensor]], name: str,
+def _write_all(f, digest, pads: list[int], outputs: list[tuple[str, torch.Tensor]], name: str,
                progress: Callable[[str], None] | None) -> None:
     for pad, (_, tensor) in zip(pads, outputs):
-        _write(f, pad, tensor, name, None)
-    if progress is not None:
-        progress(name)
-
-
-def _write(f, pad: int, tensor: torch.Tensor, name: str, progress: Callable[[str], None] | None) -> None:
-    if pad:
-        f.write(b"\0" * pad)
-    f.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+        if pad:
+            f.write(b"\0" * pad)
+            digest.update(b"\0" * pad)
+        data = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+        f.write(data)
+        digest.update(data)  # hashlib releases the GIL for large buffers
     if progress is not None:
         progress(name)
 

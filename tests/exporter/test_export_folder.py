@@ -132,3 +132,18 @@ def test_sigint_to_the_cli_mid_stream_leaves_no_complete_folder_and_the_rerun_su
     subprocess.run(cmd, check=True, timeout=300)
     assert artifacts.load_manifest(out).args.dim == 768
     assert os.path.getsize(out / "model.onnx.data") > 400e6
+
+
+def test_remembered_sha256_is_used_only_while_the_file_is_unchanged(tmp_path):
+    import hashlib
+
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"abc")
+    artifacts.remember_sha256(path, "0" * 64)  # what the weight stream records after writing
+    assert artifacts.sha256_of(path) == "0" * 64  # trusted: no second read of a file just hashed
+    renamed = tmp_path / "renamed.bin"
+    path.rename(renamed)  # the staging folder's rename keeps the identity
+    assert artifacts.sha256_of(renamed) == "0" * 64
+    with open(renamed, "ab") as f:
+        f.write(b"d")
+    assert artifacts.sha256_of(renamed) == hashlib.sha256(b"abcd").hexdigest()
