@@ -86,11 +86,11 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_
                "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def _python(venv: Path, kind: str | None = None) -> Path:
+def venv_python(venv: Path, kind: str | None = None) -> Path:
     return (venv / kind if kind else venv) / "bin" / "python"
 
 
-def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env.update(OFFLINE_ENV)
     env.update(extra or {})
@@ -109,11 +109,11 @@ def _probe_code(kind: str) -> str:
 
 
 def _probe(venv: Path, kind: str) -> subprocess.CompletedProcess | None:
-    python = _python(venv, kind)
+    python = venv_python(venv, kind)
     if not python.exists():
         return None
     return subprocess.run([python, "-c", _probe_code(kind)], check=False, capture_output=True, text=True,
-                          timeout=300, env=_child_env())
+                          timeout=300, env=child_env())
 
 
 def ensure_peer_venv(path: Path = DEFAULT_VENV, timeout: float = 1800) -> Path:
@@ -134,7 +134,7 @@ def ensure_peer_venv(path: Path = DEFAULT_VENV, timeout: float = 1800) -> Path:
         try:
             target = staging / kind
             subprocess.run([sys.executable, "-m", "venv", target], check=True, timeout=300)
-            pip = [_python(target), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+            pip = [venv_python(target), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
             subprocess.run([*pip, TORCH], check=True, timeout=timeout)
             subprocess.run([*pip, TORCH, *packages], check=True, timeout=timeout)
             if venv.exists():
@@ -155,7 +155,7 @@ def _tail(log: Path, n: int = 4000) -> str:
         return ""
 
 
-def _measure(cmd: list, log: Path, timeout: float, env: dict[str, str]) -> tuple[float, int, int]:
+def measure_child(cmd: list, log: Path, timeout: float, env: dict[str, str]) -> tuple[float, int, int]:
     """Run cmd as a child in its own process group; (wall_s, peak_rss_bytes, exit code) via os.wait4."""
     cmd = [str(c) for c in cmd]
     with open(log, "wb") as sink:
@@ -220,8 +220,8 @@ def _stage(hf_dir: Path, work: Path, config: dict | None = None, tokenizer_from:
         shutil.copy2(tokenizer_from, src / "tokenizer.model")
         code = ("import sys; from transformers import LlamaTokenizer; "
                 "LlamaTokenizer.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2])")
-        done = subprocess.run([_python(venv, "genai"), "-c", code, src, staged], check=False,
-                              capture_output=True, text=True, timeout=600, env=_child_env())
+        done = subprocess.run([venv_python(venv, "genai"), "-c", code, src, staged], check=False,
+                              capture_output=True, text=True, timeout=600, env=child_env())
         if done.returncode or not (staged / "tokenizer.json").exists():
             raise RuntimeError(f"could not make tokenizer.json from {tokenizer_from}: {done.stderr[-2000:]}")
     return staged
@@ -255,7 +255,7 @@ def export_optimum(hf_dir: Path, out_dir: Path, venv: Path = DEFAULT_VENV, *, va
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.peer-", dir=out_dir.parent) as tmp:
         work = Path(tmp)
         source = _stage(hf_dir, work, config=patched) if patched else hf_dir
-        python = _python(venv, "optimum")
+        python = venv_python(venv, "optimum")
         if validate:
             cmd = [python, "-m", "optimum.commands.optimum_cli", "export", "onnx", "-m", source,
                    "--task", TASK, *(["--optimize", optimize] if optimize else []), out_dir]
@@ -264,7 +264,7 @@ def export_optimum(hf_dir: Path, out_dir: Path, venv: Path = DEFAULT_VENV, *, va
                     + (f", optimize={optimize!r}" if optimize else "") + ")")
             cmd = [python, "-c", f"from optimum.exporters.onnx import main_export; {call}"]
         log = work / "export.log"
-        wall, rss, rc = _measure(cmd, log, timeout, _child_env(env))
+        wall, rss, rc = measure_child(cmd, log, timeout, child_env(env))
         if rc:
             raise RuntimeError(f"optimum export failed (exit {rc}): {_tail(log)}")
         return _result(out_dir, wall, rss, cmd, log, staged=bool(patched))
@@ -291,11 +291,11 @@ def export_genai(hf_dir: Path, out_dir: Path, venv: Path = DEFAULT_VENV, precisi
         work = Path(tmp)
         source = hf_dir if has_tokenizer else _stage(hf_dir, work, tokenizer_from=Path(tokenizer_model),
                                                      venv=venv)
-        cmd = [_python(venv, "genai"), "-m", "onnxruntime_genai.models.builder", "-i", source, "-o", out_dir,
+        cmd = [venv_python(venv, "genai"), "-m", "onnxruntime_genai.models.builder", "-i", source, "-o", out_dir,
                "-p", precision, "-e", "cpu", "-c", work / "cache",
                *(["--extra_options", *extra] if extra else [])]
         log = work / "export.log"
-        wall, rss, rc = _measure(cmd, log, timeout, _child_env(env))
+        wall, rss, rc = measure_child(cmd, log, timeout, child_env(env))
         if rc:
             raise RuntimeError(f"genai builder failed (exit {rc}): {_tail(log)}")
         return _result(out_dir, wall, rss, cmd, log, staged=not has_tokenizer)

@@ -147,9 +147,18 @@ def embed_constants(model: ir.Model) -> None:
             value.const_value = ir.tensor(value.const_value.numpy().copy(), name=name)
 
 
+def meta_initializer(graph: ir.Graph, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> ir.Value:
+    """Declare a weight initializer without data (a meta tensor, like the tracer's); `attach` gives it bytes."""
+    tensor = ir.tensor_adapters.TorchTensor(torch.empty(shape, dtype=dtype, device="meta"), name=name)
+    value = ir.Value(name=name, shape=ir.Shape(shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+    graph.register_initializer(value)
+    return value
+
+
 def is_meta(tensor) -> bool:
     raw = getattr(tensor, "raw", None)
     return isinstance(raw, torch.Tensor) and raw.device.type == "meta"
 
 
-__all__ = ["ALIGNMENT", "Placement", "WeightStreamer", "attach", "embed_constants", "stream_weights"]
+__all__ = ["ALIGNMENT", "Placement", "WeightStreamer", "attach", "embed_constants", "meta_initializer",
+           "stream_weights"]

@@ -25,6 +25,7 @@ import onnx_ir as ir
 import torch
 
 from ..config import ModelArgs
+from ..exporter.weights import meta_initializer
 from .calibration import Calibration
 
 QUANTIZED_PRECISIONS = ("int8-wo", "int8")
@@ -121,13 +122,6 @@ class WeightTransform:
         return [(name + WEIGHT_SUFFIX, q.contiguous()), (name + SCALE_SUFFIX, scale.to(self.dtype))]
 
 
-def _meta_initializer(graph: ir.Graph, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> ir.Value:
-    tensor = ir.tensor_adapters.TorchTensor(torch.empty(shape, dtype=dtype, device="meta"), name=name)
-    value = ir.Value(name=name, shape=ir.Shape(shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
-    graph.register_initializer(value)
-    return value
-
-
 def _small_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     tensor = ir.tensor(array, name=name)
     value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
@@ -136,8 +130,8 @@ def _small_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Valu
 
 
 def _dequantized_weight(graph: ir.Graph, name: str, shape, axis: int, dtype: torch.dtype, before: ir.Node):
-    q = _meta_initializer(graph, name + WEIGHT_SUFFIX, shape, torch.int8)
-    scale = _meta_initializer(graph, name + SCALE_SUFFIX, (shape[axis],), dtype)
+    q = meta_initializer(graph, name + WEIGHT_SUFFIX, shape, torch.int8)
+    scale = meta_initializer(graph, name + SCALE_SUFFIX, (shape[axis],), dtype)
     dq = ir.node("DequantizeLinear", [q, scale], attributes={"axis": axis}, name=f"{name}/DequantizeLinear")
     graph.insert_before(before, dq)
     dq.outputs[0].name = f"{name}.dequantized"
