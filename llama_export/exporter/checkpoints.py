@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -71,8 +72,9 @@ class Checkpoint:
     def tensor(self, name: str) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not implement tensor()")
 
-    def iter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(name, tensor) in model order, one at a time, in the checkpoint's own dtype."""
+    def iter_tensors(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, tensor) in model order, one at a time, in the checkpoint's own dtype. `dtype` is a hint for
+        sources that can produce it directly (random init draws into it); others ignore it, callers convert."""
         for name in self.names():
             yield name, self.tensor(name)
 
@@ -87,23 +89,29 @@ class Checkpoint:
 RANDOM_CHUNK = 1 << 22  # values per independently seeded stream of a random tensor
 
 
-def uniform_init(shape: tuple[int, ...], seed: int, std: float = INIT_STD) -> torch.Tensor:
-    """fp32 values uniform in [-√3·std, √3·std): the std of N(0, std), like nn.Linear's own (uniform) init.
+def uniform_init(shape: tuple[int, ...], seed: int, std: float = INIT_STD,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Values uniform in [-√3·std, √3·std): the std of N(0, std), like nn.Linear's own (uniform) init.
 
     Why uniform and chunked: random init is what a 7B export benchmark spends its CPU on (6.7 G values), and
     numpy's PCG64 draws uniform floats ~2.5x faster than torch's normal_ (measured here: 243 vs 96 M/s per
     core). Each RANDOM_CHUNK-sized piece has its own stream (PCG64 seeded with [seed, chunk]), so pieces fill
-    in parallel and the values do not depend on the number of threads.
+    in parallel and the values do not depend on the number of threads. They are drawn in fp32 and rounded to
+    `dtype` piece by piece (the same values as converting the fp32 tensor, without a second pass over it).
     """
     n = math.prod(shape)
-    out = np.empty(n, dtype=np.float32)
+    out = torch.empty(n, dtype=dtype)
+    direct = out.numpy() if dtype == torch.float32 else None
     bound = math.sqrt(3.0) * std
 
     def fill(chunk: int) -> None:
-        piece = out[chunk * RANDOM_CHUNK:(chunk + 1) * RANDOM_CHUNK]
+        lo, hi = chunk * RANDOM_CHUNK, min(n, (chunk + 1) * RANDOM_CHUNK)
+        piece = direct[lo:hi] if direct is not None else _scratch(hi - lo)
         np.random.Generator(np.random.PCG64([seed, chunk])).random(out=piece, dtype=np.float32)
-        piece *= 2 * bound  # numpy releases the GIL for these, so the pieces really run in parallel
+        piece *= 2 * bound  # numpy and torch release the GIL for these, so the pieces really run in parallel
         piece -= bound
+        if direct is None:
+            out[lo:hi].copy_(torch.from_numpy(piece))
 
     chunks = range(-(-n // RANDOM_CHUNK))
     if len(chunks) == 1:
@@ -111,7 +119,18 @@ def uniform_init(shape: tuple[int, ...], seed: int, std: float = INIT_STD) -> to
     else:
         with ThreadPoolExecutor(min(len(chunks), os.cpu_count() or 1)) as pool:
             list(pool.map(fill, chunks))
-    return torch.from_numpy(out).view(shape)
+    return out.view(shape)
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(size: int) -> np.ndarray:
+    """A per-thread fp32 buffer reused across pieces (a fresh one per piece would page-fault every time)."""
+    buffer = getattr(_SCRATCH, "buffer", None)
+    if buffer is None or buffer.size < size:
+        buffer = _SCRATCH.buffer = np.empty(RANDOM_CHUNK, dtype=np.float32)
+    return buffer[:size]
 
 
 class RandomCheckpoint(Checkpoint):
@@ -119,11 +138,15 @@ class RandomCheckpoint(Checkpoint):
         self.args, self.seed = args, seed
         self.description = f"random-init seed={seed}"
 
-    def tensor(self, name: str) -> torch.Tensor:
+    def tensor(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         shape = expected_shapes(self.args)[name]
         if len(shape) == 1:  # norm weights
-            return torch.ones(shape)
-        return uniform_init(shape, self.seed * 1_000_003 + zlib.crc32(name.encode()))
+            return torch.ones(shape, dtype=dtype)
+        return uniform_init(shape, self.seed * 1_000_003 + zlib.crc32(name.encode()), dtype=dtype)
+
+    def iter_tensors(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in self.names():
+            yield name, self.tensor(name, dtype or torch.float32)
 
     def fingerprint(self) -> str:
         # "init" names the generator: the same seed under another generator is other weights.

@@ -1,11 +1,12 @@
 """Weights → `model.onnx.data`, one tensor at a time, overlapped with tracing.
 
 The data file does not depend on the graph (tensor names, shapes and order come from the checkpoint), so it is
-written by a background thread while the main thread traces: wall time is max(trace, read + write) rather than
-their sum. Within the stream, reading/converting tensor i+1 overlaps writing tensor i (torch kernels and file
-writes release the GIL). At most two converted tensors are alive at once, so memory is bounded by the largest
-tensor, not the model. The writer hashes the bytes it writes (artifacts.remember_sha256), so the manifest never
-reads the data file back. After tracing, `attach` points each graph initializer at its bytes.
+written by a background thread while the main thread traces and rewrites the graph (its weights are
+PendingWeight placeholders until then): wall time is max(trace + passes, read + write) rather than their sum.
+Within the stream, preparing tensor i+1 overlaps writing tensor i and hashing it (three threads; torch
+kernels, file writes and hashlib release the GIL). At most two converted tensors are alive at once, so memory is
+bounded by the largest tensor, not the model. The bytes are hashed on the way out (artifacts.remember_sha256),
+so the manifest never reads the data file back. At the end, `attach` points each initializer at its bytes.
 """
 
 from __future__ import annotations
@@ -52,16 +53,17 @@ def stream_weights(checkpoint: Checkpoint, dtype: torch.dtype, path: Path, stop:
     Returns where each written tensor lies."""
     layout: dict[str, Placement] = {}
     offset = 0
-    digest = hashlib.sha256()  # updated by the writer thread only, in file order
-    with open(path, "wb") as f, ThreadPoolExecutor(1, thread_name_prefix="weights-write") as writer:
-        pending: Future | None = None
-        for name, tensor in checkpoint.iter_tensors():
+    digest = hashlib.sha256()  # updated by the hash thread only, in file order
+    with open(path, "wb") as f, ThreadPoolExecutor(1, thread_name_prefix="weights-write") as writer, \
+            ThreadPoolExecutor(1, thread_name_prefix="weights-hash") as hasher:
+        pending: list[Future] = []
+        for name, tensor in checkpoint.iter_tensors(None if transform else dtype):
             if stop.is_set():
                 raise Interrupted
             outputs = [(name, tensor.to(dtype).contiguous())] if transform is None else transform(name, tensor)
             del tensor  # the source copy goes before the next one is read
-            if pending is not None:
-                pending.result()  # bounded: at most one write in flight while the next tensor is prepared
+            for job in pending:
+                job.result()  # bounded: one tensor in flight (written and hashed) while the next is prepared
             pads = []
             for out_name, converted in outputs:
                 pad = -offset % ALIGNMENT
@@ -69,27 +71,38 @@ def stream_weights(checkpoint: Checkpoint, dtype: torch.dtype, path: Path, stop:
                 layout[out_name] = Placement(offset + pad, nbytes, tuple(converted.shape), converted.dtype)
                 offset += pad + nbytes
                 pads.append(pad)
-            pending = writer.submit(_write_all, f, digest, pads, outputs, name, progress)
-            del outputs
-        if pending is not None:
-            pending.result()
+            chunks = _chunks(pads, outputs)
+            # Writing is disk-bound and hashing CPU-bound: separate threads, so one does not wait for the other.
+            pending = [writer.submit(_write_all, f, chunks, name, progress), hasher.submit(_hash_all, digest, chunks)]
+            del outputs, chunks
+        for job in pending:
+            job.result()
         f.flush()
         os.fsync(f.fileno())
     remember_sha256(path, digest.hexdigest())
     return layout
 
 
-def _write_all(f, digest, pads: list[int], outputs: list[tuple[str, torch.Tensor]], name: str,
-               progress: Callable[[str], None] | None) -> None:
+def _chunks(pads: list[int], outputs: list[tuple[str, torch.Tensor]]) -> list:
+    """The bytes to append, in order: zero padding, then each tensor's raw bytes (views, no copies)."""
+    chunks = []
     for pad, (_, tensor) in zip(pads, outputs):
         if pad:
-            f.write(b"\0" * pad)
-            digest.update(b"\0" * pad)
-        data = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
-        f.write(data)
-        digest.update(data)  # hashlib releases the GIL for large buffers
+            chunks.append(bytes(pad))
+        chunks.append(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+    return chunks
+
+
+def _write_all(f, chunks: list, name: str, progress: Callable[[str], None] | None) -> None:
+    for chunk in chunks:
+        f.write(chunk)
     if progress is not None:
         progress(name)
+
+
+def _hash_all(digest, chunks: list) -> None:
+    for chunk in chunks:
+        digest.update(chunk)  # hashlib releases the GIL for large buffers
 
 
 class WeightStreamer(threading.Thread):
@@ -147,9 +160,30 @@ def embed_constants(model: ir.Model) -> None:
             value.const_value = ir.tensor(value.const_value.numpy().copy(), name=name)
 
 
+class PendingWeight(ir.tensor_adapters.TorchTensor):
+    """A declared weight whose bytes are still streaming: a meta tensor with shape, dtype and size, no data.
+
+    Graph passes run on these while the stream writes (export.export_onnx). Reading one raises
+    FileNotFoundError, which onnxscript's pattern matcher takes as "constant value not available" (a weight is
+    never the scalar constant a pattern looks for), and which fails loudly anywhere else."""
+
+    def numpy(self):
+        raise FileNotFoundError(f"{self.name}: this weight is still being written (no bytes before attach)")
+
+    def tobytes(self) -> bytes:
+        raise FileNotFoundError(f"{self.name}: this weight is still being written (no bytes before attach)")
+
+
+def mark_pending(model: ir.Model) -> None:
+    """The tracer's meta initializers become PendingWeight placeholders."""
+    for name, value in model.graph.initializers.items():
+        if is_meta(value.const_value) and not isinstance(value.const_value, PendingWeight):
+            value.const_value = PendingWeight(value.const_value.raw, name=name)
+
+
 def meta_initializer(graph: ir.Graph, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> ir.Value:
-    """Declare a weight initializer without data (a meta tensor, like the tracer's); `attach` gives it bytes."""
-    tensor = ir.tensor_adapters.TorchTensor(torch.empty(shape, dtype=dtype, device="meta"), name=name)
+    """Declare a weight initializer without data (a PendingWeight, like the tracer's); `attach` gives it bytes."""
+    tensor = PendingWeight(torch.empty(shape, dtype=dtype, device="meta"), name=name)
     value = ir.Value(name=name, shape=ir.Shape(shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
     graph.register_initializer(value)
     return value
@@ -160,5 +194,5 @@ def is_meta(tensor) -> bool:
     return isinstance(raw, torch.Tensor) and raw.device.type == "meta"
 
 
-__all__ = ["ALIGNMENT", "Placement", "WeightStreamer", "attach", "embed_constants", "meta_initializer",
-           "stream_weights"]
+__all__ = ["ALIGNMENT", "PendingWeight", "Placement", "WeightStreamer", "attach", "embed_constants",
+           "mark_pending", "meta_initializer", "stream_weights"]

@@ -15,6 +15,13 @@ from onnxscript.optimizer import _constant_folding
 
 WEIGHT_SIZE = 1024  # initializers at least this big are weights: never read them to fold
 
+# onnxscript's default rules minus those for ops a LLaMA graph never has (Conv, BatchNorm, Clip/Relu/Min/Max
+# chains, Scatter, Pad, Gemm bias). Each rule is tried on every node, and trying costs ~0.1 ms: on a 7B graph
+# these 22 never-firing rules alone cost ~13 s per cleanup.
+_NOT_IN_LLAMA = ("Conv", "BatchNorm", "Clip", "Relu", "Min", "Max", "Scatter", "Pad", "Gemm")
+RULES = [rule for rule in rewriter._DEFAULT_REWRITE_RULES
+         if not any(op in (getattr(rule, "name", None) or "") for op in _NOT_IN_LLAMA)]
+
 
 def _reads_weight(node: ir.Node) -> bool | None:
     for value in node.inputs:
@@ -37,7 +44,7 @@ def cleanup(model: ir.Model) -> int:
                     should_fold=_reads_weight,
                 ),
                 # Identity, CastLike-to-same-type, Transpose∘Transpose, Reshape∘Reshape ... (no fusions)
-                rewriter.RewritePass(rewriter._DEFAULT_REWRITE_RULES),
+                rewriter.RewritePass(RULES),
                 common_passes.RemoveUnusedNodesPass(),
             ],
             steps=3,

@@ -6,7 +6,7 @@ import pytest
 
 from llama_export import io_spec
 from llama_export.config import ModelArgs
-from llama_export.engine.builder import EngineError, build_engine
+from llama_export.engine.builder import build_engine
 from llama_export.engine.profiles import ProfileLimits, input_shapes
 from llama_export.exporter.checkpoints import RandomCheckpoint
 from llama_export.exporter.export import export_onnx

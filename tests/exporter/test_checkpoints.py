@@ -251,3 +251,9 @@ def test_uniform_init_has_the_init_std_and_does_not_depend_on_threads(monkeypatc
     flat = many.reshape(-1)
     first, second = flat[: checkpoints.RANDOM_CHUNK], flat[checkpoints.RANDOM_CHUNK: 2 * checkpoints.RANDOM_CHUNK]
     assert not torch.equal(first, second)  # each chunk draws from its own stream
+
+
+def test_random_init_drawn_in_fp16_equals_the_fp32_draw_rounded(tiny_args):
+    ckpt = RandomCheckpoint(tiny_args, seed=7)
+    for name, half in ckpt.iter_tensors(torch.float16):
+        assert half.dtype == torch.float16 and torch.equal(half, ckpt.tensor(name).to(torch.float16))
