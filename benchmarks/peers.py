@@ -399,7 +399,9 @@ def markdown(summary: dict) -> str:
             "vs torch eager (HF) | vs own best fp32 | roofline tok/s | % of roofline | max abs Δlogit | top-1 |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        f = lambda key, spec: format(r[key], spec) if key in r else ""
+        def f(key: str, spec: str, r: dict = r) -> str:
+            return format(r[key], spec) if key in r else ""
+
         agree = f("top1_agreement", ".3f") or (f"greedy {r['greedy_agreement']:.3f}" if "greedy_agreement" in r
                                                else "")
         lines.append(
