@@ -47,7 +47,7 @@ class OnnxDecoder:
     input_ids, attention_mask (all ones: batch 1, no padding), position_ids when the graph has them, and
     past_key_values.* fed from present.* of the previous step."""
 
-    def __init__(self, path: str, threads: int):
+    def __init__(self, path: str, threads: int, kv_heads: int, head_dim: int):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -60,9 +60,8 @@ class OnnxDecoder:
         self.past_names = [n for n in self.inputs if n.startswith("past_key_values.")]
         dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
         self.empty = {}
-        for name in self.past_names:
-            shape = self.inputs[name].shape  # [batch, kv_heads, past, head_dim]: heads and head_dim are ints
-            self.empty[name] = np.zeros((1, shape[1], 0, shape[3]), dtype=dtypes[self.inputs[name].type])
+        for name in self.past_names:  # [batch, kv_heads, past, head_dim] (genai names head_dim symbolically)
+            self.empty[name] = np.zeros((1, kv_heads, 0, head_dim), dtype=dtypes[self.inputs[name].type])
 
     def start(self) -> None:
         self.past, self.length = dict(self.empty), 0
@@ -168,13 +167,15 @@ def child_main(argv: list[str]) -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--inputs", required=True, help="npz: prompt, forced, reference logits")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--kv-heads", type=int, default=0)
+    parser.add_argument("--head-dim", type=int, default=0)
     opts = parser.parse_args(argv)
     data = np.load(opts.inputs)
     prompt, forced, reference = data["prompt"], data["forced"], data["reference"]
     if opts.kind == "genai-generator":
         result = run_genai_generator(opts.model, prompt, forced, opts.threads)
     else:
-        decoder = (OnnxDecoder(opts.model, opts.threads) if opts.kind == "onnx"
+        decoder = (OnnxDecoder(opts.model, opts.threads, opts.kv_heads, opts.head_dim) if opts.kind == "onnx"
                    else TorchDecoder(opts.model, opts.kind, opts.threads))
         result = run_decoder(decoder, prompt, forced, reference[: len(prompt) + len(forced)])
     print("RESULT " + json.dumps(result), flush=True)
@@ -270,9 +271,10 @@ def gemv_bandwidth(threads: int) -> float:
                                 text=True).stdout.strip())
 
 
-def run_child(python: Path, kind: str, model: Path, inputs: Path, threads: int, env: dict) -> dict:
+def run_child(python: Path, kind: str, model: Path, inputs: Path, threads: int, env: dict, args) -> dict:
     cmd = [str(python), str(HERE / "peers.py"), "--child", "--kind", kind, "--model", str(model),
-           "--inputs", str(inputs), "--threads", str(threads)]
+           "--inputs", str(inputs), "--threads", str(threads), "--kv-heads", str(args.kv_heads),
+           "--head-dim", str(args.head_dim)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800, check=False)
     line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
     if done.returncode or line is None:
@@ -304,6 +306,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("out/peers"))
     parser.add_argument("--markdown", action="store_true", help="print the Markdown table for docs/BENCHMARKS.md")
+    parser.add_argument("--reuse-exports", action="store_true",
+                        help="debugging: keep models already in --work (no export numbers for them)")
     opts = parser.parse_args()
 
     from llama_export.config import get_size
@@ -324,8 +328,16 @@ def main() -> None:
     exports.update({name: (lambda p=p, name=name: export_genai(hf_dir, work / name.replace(" ", "-"), venvs, p,
                                                                 overwrite=True)) for name, p in GENAI})
     export_runs: dict[str, list[dict]] = {name: [] for name in exports}
+    if opts.reuse_exports:
+        for name in exports:
+            folder = work / ("optimum" if name == "optimum fp32" else name.replace(" ", "-"))
+            if (folder / "model.onnx").exists():
+                export_runs[name].append({"model_path": folder / "model.onnx"})
+                exports[name] = None
     for round_ in range(opts.export_repeats):
         for name, export in exports.items():
+            if export is None:
+                continue
             result = export()
             export_runs[name].append(result)
             print(f"export round {round_} {name}: {result['wall_s']:.1f} s, "
@@ -343,7 +355,7 @@ def main() -> None:
         order = list(runs) if round_ % 2 == 0 else list(reversed(runs))  # alternate, and flip the order
         for name in order:
             python, kind, model = runs[name]
-            result = run_child(Path(python), kind, Path(model), inputs, opts.threads, env)
+            result = run_child(Path(python), kind, Path(model), inputs, opts.threads, env, args)
             runtime[name].append(result)
             print(f"round {round_} {name}: prefill {result['prefill_s'] * 1e3:.0f} ms, "
                   f"decode {result['decode_tok_s']:.1f} tok/s", file=sys.stderr, flush=True)
@@ -360,11 +372,12 @@ def main() -> None:
             if key in r[0]:
                 row[key] = r[0][key]  # deterministic: identical in every round
         source = name.replace(" (og.Generator)", "")
-        if source in export_runs:
-            e = export_runs[source]
+        if source in export_runs and "wall_s" in export_runs[source][-1]:
+            e = [x for x in export_runs[source] if "wall_s" in x]
             row["export_s"] = statistics.median(x["wall_s"] for x in e)
             row["export_peak_rss_gb"] = statistics.median(x["peak_rss_bytes"] for x in e) / 1e9
-            row["bytes_per_token"] = weight_bytes_per_token(e[-1]["model_path"]) + kv_bytes
+        if source in export_runs:
+            row["bytes_per_token"] = weight_bytes_per_token(export_runs[source][-1]["model_path"]) + kv_bytes
             row["roofline_tok_s"] = bandwidth * 1e9 / row["bytes_per_token"]
         rows.append(row)
     summary = {"machine": machine(), "versions": versions(venvs), "gemv_bandwidth_gb_s": bandwidth,

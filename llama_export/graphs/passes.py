@@ -1,12 +1,13 @@
 """Ordered pass pipelines per fusion target, with fire counts checked against the model's structure.
 
-    onnx   : cleanup → RMSNormalization → RotaryEmbedding → Attention → cleanup            (opset 23)
+    onnx   : cleanup → RMSNormalization → RotaryEmbedding → Attention → fused projections → cleanup  (opset 23)
     ort    : cleanup → SimplifiedLayerNormalization → SkipSimplifiedLayerNormalization
-             → com.microsoft RotaryEmbedding → MultiHeadAttention → cleanup
+             → com.microsoft RotaryEmbedding → MultiHeadAttention → fused projections → cleanup
     plugin : cleanup → llama_export.RMSNorm → llama_export.RotaryEmbedding → cleanup → add_functions
     none   : cleanup
 A LLaMA has 2·n_layers+1 RMSNorms (two per block, one final), 2·n_layers rotaries (q and k per block) and
-n_layers attentions; a pass that fires any other number of times means a pattern drifted from what the
+n_layers attentions, and (float weights) two fused projection groups per layer (q/k/v, w1/w3); a pass that
+fires any other number of times means a pattern drifted from what the
 exporter produces, and `FusionCountError` names the pass instead of shipping a half-fused graph.
 """
 
@@ -19,7 +20,7 @@ import onnx
 import onnx_ir as ir
 
 from ..config import ModelArgs
-from . import attention, cleanup, rms_norm, rotary, skip_norm
+from . import attention, cleanup, fused_projections, rms_norm, rotary, skip_norm
 
 TARGETS = ("onnx", "ort", "plugin", "none")
 
@@ -54,14 +55,17 @@ def _float_dtype(model: ir.Model) -> ir.DataType:
     return next(v.dtype for v in model.graph.inputs if v.name.startswith("past_key_values."))
 
 
-def expected_counts(args: ModelArgs, target: str, dtype: ir.DataType = ir.DataType.FLOAT) -> dict[str, int]:
+def expected_counts(args: ModelArgs, target: str, dtype: ir.DataType = ir.DataType.FLOAT,
+                    float_weights: bool = True) -> dict[str, int]:
     norms, rotaries, attentions = 2 * args.n_layers + 1, 2 * args.n_layers, args.n_layers
+    projections = 2 * args.n_layers if float_weights else 0  # int8 weights stay per projection (MatMulNBits)
     if target == "onnx":
-        return {"rms_norm": norms, "rotary": rotaries, "attention": attentions}
+        return {"rms_norm": norms, "rotary": rotaries, "attention": attentions, "fused_projections": projections}
     if target == "ort":
         # MHA on ORT CPU is float32-only: fp16/bf16 graphs keep attention decomposed (attention.py).
         mha = attentions if dtype == ir.DataType.FLOAT else 0
-        return {"rms_norm": norms, "skip_rms_norm": norms - 1, "rotary": rotaries, "attention": mha}
+        return {"rms_norm": norms, "skip_rms_norm": norms - 1, "rotary": rotaries, "attention": mha,
+                "fused_projections": projections}
     if target == "plugin":
         return {"rms_norm": norms, "rotary": rotaries}
     if target == "none":
@@ -69,8 +73,9 @@ def expected_counts(args: ModelArgs, target: str, dtype: ir.DataType = ir.DataTy
     raise ValueError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
 
 
-def pipeline(args: ModelArgs, target: str, dtype: ir.DataType = ir.DataType.FLOAT) -> list[Pass]:
-    expected = expected_counts(args, target, dtype)
+def pipeline(args: ModelArgs, target: str, dtype: ir.DataType = ir.DataType.FLOAT,
+             float_weights: bool = True) -> list[Pass]:
+    expected = expected_counts(args, target, dtype, float_weights)
     passes = [Pass("cleanup", cleanup.cleanup, None)]
     if target in ("onnx", "ort", "plugin"):
         passes.append(_rule_pass("rms_norm", rms_norm.rules(target), expected["rms_norm"]))
@@ -80,6 +85,8 @@ def pipeline(args: ModelArgs, target: str, dtype: ir.DataType = ir.DataType.FLOA
         passes.append(_rule_pass("rotary", rotary.rules(target, args), expected["rotary"]))
     if target in ("onnx", "ort"):
         passes.append(_rule_pass("attention", attention.rules(target, args), expected["attention"]))
+        passes.append(Pass("fused_projections", lambda m: fused_projections.fuse_projections(m, args.n_layers),
+                           expected["fused_projections"]))
     if target != "none":
         passes.append(Pass("final_cleanup", cleanup.cleanup, None))
     return passes
@@ -103,7 +110,7 @@ def apply_target(model: onnx.ModelProto | ir.Model, args: ModelArgs, target: str
     if target == "ort":
         ir_model.opset_imports.setdefault("com.microsoft", 1)
     counts: dict[str, int] = {}
-    for p in pipeline(args, target, _float_dtype(ir_model)):
+    for p in pipeline(args, target, _float_dtype(ir_model), fused_projections.fusable(ir_model)):
         count = p.run(ir_model)
         counts[p.name] = counts.get(p.name, 0) + count if p.expected is None else count
         if p.expected is not None and count != p.expected:

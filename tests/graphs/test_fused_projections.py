@@ -1,0 +1,76 @@
+"""q/k/v and w1/w3 → one MatMul + Split: fires twice per layer, refuses near-misses, keeps ORT's outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from conftest import TINY_GQA, TINY_MHA, exported, save
+from test_rules import _feeds
+
+from llama_export.graphs import cleanup
+from llama_export.graphs.fused_projections import fuse_group, fuse_projections
+from llama_export.validate.runners import OrtRunner
+
+
+def _cleaned(args, precision="fp32") -> ir.Model:
+    model = exported(args, precision)
+    cleanup.cleanup(model)
+    return model
+
+
+def _ops(model: ir.Model, op: str) -> int:
+    return sum(1 for n in model.graph if n.op_type == op)
+
+
+def _run(model: ir.Model, path, args, dtype=np.float32) -> dict[str, np.ndarray]:
+    runner = OrtRunner(save(model, path), args, graph_optimization_level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    return runner.run(_feeds(args, dtype=dtype))
+
+
+@pytest.mark.parametrize("args", [TINY_MHA, TINY_GQA], ids=["mha", "gqa"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_fires_twice_per_layer_and_keeps_outputs(tmp_path, args, precision):
+    dtype = np.float32 if precision == "fp32" else np.float16
+    before = _run(_cleaned(args, precision), tmp_path / "before.onnx", args, dtype)
+    model = _cleaned(args, precision)
+    matmuls = _ops(model, "MatMul")
+    assert fuse_projections(model, args.n_layers) == 2 * args.n_layers
+    # 7 projections per layer become 4 (qkv, wo, w1w3, w2): 3 MatMuls fewer per layer, one Split per group.
+    assert _ops(model, "MatMul") == matmuls - 3 * args.n_layers and _ops(model, "Split") >= 2 * args.n_layers
+    after = _run(model, tmp_path / "after.onnx", args, dtype)
+    tol = 1e-5 if precision == "fp32" else 2e-3
+    for key, ref in before.items():
+        np.testing.assert_allclose(after[key].astype(np.float32), ref.astype(np.float32), atol=tol, rtol=0,
+                                   err_msg=key)
+
+
+def test_refuses_siblings_that_do_not_share_the_input():
+    model = _cleaned(TINY_GQA)
+    graph = model.graph
+    wk_matmul = next(u.node for u in next(u.node for u in graph.initializers["layers.0.attention.wk.weight"].uses())
+                     .outputs[0].uses())
+    other = graph.inputs[0]  # any other value: k no longer reads attention_norm's output
+    wk_matmul.replace_input_with(0, other)
+    assert not fuse_group(graph, 0, "qkv")
+    assert fuse_group(graph, 0, "gate_up") and fuse_group(graph, 1, "qkv")
+
+
+def test_refuses_a_weight_with_a_second_reader():
+    model = _cleaned(TINY_GQA)
+    graph = model.graph
+    wv = graph.initializers["layers.1.attention.wv.weight"]
+    extra = ir.node("Identity", [wv])
+    graph.append(extra)
+    graph.outputs.append(extra.outputs[0])  # keeps the second reader alive
+    assert not fuse_group(graph, 1, "qkv")
+    assert fuse_group(graph, 0, "qkv")
+
+
+def test_int8_weights_are_left_to_matmulnbits(tmp_path):
+    from llama_export.exporter.checkpoints import RandomCheckpoint
+    from llama_export.exporter.export import export_onnx
+
+    result = export_onnx(RandomCheckpoint(TINY_GQA, seed=1), tmp_path, "int8-wo", target="ort")
+    assert result.fusion_counts["fused_projections"] == 0 and result.fusion_counts["quantize_weights"] == 14
