@@ -108,6 +108,9 @@ class KVSession:
         return outputs[io_spec.LOGITS]
 
 
+# ORT session config: MatMulNBits made from int8-weight DQ → MatMul computes in fp32 (the graph's semantics).
+WEIGHT_ONLY_INT8 = {"session.qdq_matmulnbits_accuracy_level": "0"}
+
 # ONNX type strings as ORT reports them -> numpy dtypes. bfloat16 has no numpy dtype of its own; ml_dtypes
 # (an onnx dependency) provides one that ORT accepts.
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
@@ -118,16 +121,21 @@ class OrtRunner:
 
     `model_path` may also be the serialized model (bytes), e.g. a graph edited in memory; its external data is
     then read from `external_data_dir` (ORT refuses external data outside the model's own folder, so an edited
-    copy cannot simply be written elsewhere).
+    copy cannot simply be written elsewhere). `session_config` entries go to ORT as is, e.g.
+    WEIGHT_ONLY_INT8: ORT turns int8-weight DequantizeLinear → MatMul into MatMulNBits and, by default
+    (accuracy level 4), quantizes the activations to int8 inside it — fast, but no longer the graph's
+    weight-only arithmetic; level 0 computes exactly what the graph says (and is ~35x slower on CPU).
     """
 
     name = "ort"
 
     def __init__(self, model_path, args: ModelArgs, graph_optimization_level=None, intra_op_threads: int = 0,
-                 external_data_dir=None):
+                 external_data_dir=None, session_config: dict[str, str] | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        for key, value in (session_config or {}).items():
+            options.add_session_config_entry(key, value)
         if graph_optimization_level is not None:
             options.graph_optimization_level = graph_optimization_level
         options.intra_op_num_threads = intra_op_threads

@@ -20,7 +20,7 @@ from llama_export.exporter.export import export_to_folder, prepare_quantization
 from llama_export.exporter.sources import TINY_ASSET, resolve_checkpoint
 from llama_export.graphs.calibration import calibration_windows, read_calibration_file
 from llama_export.graphs.quantize import quantize_per_channel
-from llama_export.validate.runners import KVSession, OrtRunner, TorchRunner
+from llama_export.validate.runners import WEIGHT_ONLY_INT8, KVSession, OrtRunner, TorchRunner
 
 # vocab 2048 so the tiny asset's tokenizer tokenizes the calibration text (export.find_tokenizer_for)
 SMALL = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=2048, multiple_of=32, max_seq_len=128)
@@ -100,8 +100,13 @@ def test_accuracy_on_tiny_model(tiny_exports, one_torch_thread):
     assert windowed_perplexity(wo, windows) / reference - 1 < 0.005
     assert windowed_perplexity(w8a8, windows) / reference - 1 < 0.02
     prompts = [tok.encode(p) for p in PROMPTS]
-    # Along the reference's greedy path int8-wo picks the same token at >= 90 % of positions; free-running, a
-    # flipped near-tie (top-2 margin ~0.01 logit on 2 of these 8 prompts) diverges the rest: measured 0.82.
+    # The int8-wo graph as written (weight-only: ORT's MatMulNBits at accuracy level 0) generates the reference's
+    # tokens: measured 256/256 over these 8 prompts.
+    exact = OrtRunner(folders["int8-wo"] / "model.onnx", ckpt.args, session_config=WEIGHT_ONLY_INT8)
+    assert greedy_agreement(torch_runner, exact, prompts) >= 0.9
+    # ORT's default (level 4) also quantizes activations inside MatMulNBits: per position along the reference's
+    # path it still agrees >= 90 %; free-running, a flipped near-tie (top-2 margin ~0.01 logit on 2 of the 8
+    # prompts) diverges the rest of that prompt: measured 0.824.
     assert forced_agreement(torch_runner, wo, prompts) >= 0.9
     assert greedy_agreement(torch_runner, wo, prompts) >= 0.75
 
