@@ -13,6 +13,8 @@ import onnx_ir.passes.common as common_passes
 from onnxscript import rewriter
 from onnxscript.optimizer import _constant_folding
 
+from ..exporter.weights import is_meta
+
 WEIGHT_SIZE = 1024  # initializers at least this big are weights: never read them to fold
 
 # onnxscript's default rules minus those for ops a LLaMA graph never has (Conv, BatchNorm, Clip/Relu/Min/Max
@@ -26,8 +28,12 @@ RULES = [rule for rule in rewriter._DEFAULT_REWRITE_RULES
 
 def _reads_weight(node: ir.Node) -> bool | None:
     for value in node.inputs:
-        if value is not None and value.is_initializer() and value.const_value is not None \
-                and value.const_value.size >= WEIGHT_SIZE:
+        if value is None or not value.is_initializer() or value.const_value is None:
+            continue
+        tensor = value.const_value
+        # A streamed checkpoint tensor (no bytes yet, or external data) is a weight whatever its size: e.g.
+        # the per-channel int8 scales that fused_projections concatenates.
+        if tensor.size >= WEIGHT_SIZE or is_meta(tensor) or isinstance(tensor, ir.ExternalTensor):
             return False
     return None  # default folding rules
 

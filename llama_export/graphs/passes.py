@@ -6,7 +6,8 @@
     plugin : cleanup → llama_export.RMSNorm → llama_export.RotaryEmbedding → cleanup → add_functions
     none   : cleanup
 A LLaMA has 2·n_layers+1 RMSNorms (two per block, one final), 2·n_layers rotaries (q and k per block) and
-n_layers attentions, and (float weights) two fused projection groups per layer (q/k/v, w1/w3); a pass that
+n_layers attentions, and two fused projection groups per layer (q/k/v, w1/w3; for int8 weights only on
+`ort`, see fused_projections.py); a pass that
 fires any other number of times means a pattern drifted from what the
 exporter produces, and `FusionCountError` names the pass instead of shipping a half-fused graph.
 """
@@ -58,9 +59,10 @@ def _float_dtype(model: ir.Model) -> ir.DataType:
 def expected_counts(args: ModelArgs, target: str, dtype: ir.DataType = ir.DataType.FLOAT,
                     float_weights: bool = True) -> dict[str, int]:
     norms, rotaries, attentions = 2 * args.n_layers + 1, 2 * args.n_layers, args.n_layers
-    projections = 2 * args.n_layers if float_weights else 0  # int8 weights stay per projection (MatMulNBits)
-    if target == "onnx":
-        return {"rms_norm": norms, "rotary": rotaries, "attention": attentions, "fused_projections": projections}
+    projections = 2 * args.n_layers
+    if target == "onnx":  # engines are built from this graph: int8 weights stay per projection for TensorRT
+        return {"rms_norm": norms, "rotary": rotaries, "attention": attentions,
+                "fused_projections": projections if float_weights else 0}
     if target == "ort":
         # MHA on ORT CPU is float32-only: fp16/bf16 graphs keep attention decomposed (attention.py).
         mha = attentions if dtype == ir.DataType.FLOAT else 0
@@ -85,7 +87,8 @@ def pipeline(args: ModelArgs, target: str, dtype: ir.DataType = ir.DataType.FLOA
         passes.append(_rule_pass("rotary", rotary.rules(target, args), expected["rotary"]))
     if target in ("onnx", "ort"):
         passes.append(_rule_pass("attention", attention.rules(target, args), expected["attention"]))
-        passes.append(Pass("fused_projections", lambda m: fused_projections.fuse_projections(m, args.n_layers),
+        int8 = target == "ort"
+        passes.append(Pass("fused_projections", lambda m: fused_projections.fuse_projections(m, args.n_layers, int8),
                            expected["fused_projections"]))
     if target != "none":
         passes.append(Pass("final_cleanup", cleanup.cleanup, None))
@@ -110,7 +113,7 @@ def apply_target(model: onnx.ModelProto | ir.Model, args: ModelArgs, target: str
     if target == "ort":
         ir_model.opset_imports.setdefault("com.microsoft", 1)
     counts: dict[str, int] = {}
-    for p in pipeline(args, target, _float_dtype(ir_model), fused_projections.fusable(ir_model)):
+    for p in pipeline(args, target, _float_dtype(ir_model), fused_projections.float_weights(ir_model)):
         count = p.run(ir_model)
         counts[p.name] = counts.get(p.name, 0) + count if p.expected is None else count
         if p.expected is not None and count != p.expected:

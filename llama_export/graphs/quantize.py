@@ -26,6 +26,7 @@ import torch
 
 from ..config import ModelArgs
 from ..exporter.weights import meta_initializer
+from . import fused_projections
 from .calibration import Calibration
 
 QUANTIZED_PRECISIONS = ("int8-wo", "int8")
@@ -171,9 +172,9 @@ def quantize_weights(model: ir.Model, args: ModelArgs, options: QuantOptions, dt
 
 def quantize_activations(model: ir.Model, options: QuantOptions) -> int:
     """int8 only: a Q/DQ pair on the activation input of every calibrated linear's MatMul (found by its
-    dequantized weight). Runs after the fusion passes, whose CSE would merge the per-MatMul pairs again: ORT
-    fuses Q → DQ → MatMul (with a DQ weight) into MatMulIntegerToFloat only when the DQ has that one consumer.
-    Returns the number of pairs."""
+    dequantized weight; a fused q/k/v or w1/w3 MatMul gets one pair with its members' largest range). Runs after
+    the fusion passes, whose CSE would merge the per-MatMul pairs again: ORT fuses Q → DQ → MatMul (with a DQ
+    weight) into MatMulIntegerToFloat only when the DQ has that one consumer. Returns the number of pairs."""
     if options.method != "int8":
         return 0
     graph, calibration = model.graph, options.calibration
@@ -185,10 +186,11 @@ def quantize_activations(model: ir.Model, options: QuantOptions) -> int:
     for node in graph:
         weight = node.inputs[1] if node.op_type == "MatMul" and len(node.inputs) == 2 else None
         name = weight.name.removesuffix(".dequantized") if weight is not None and weight.name else ""
-        if name in calibration.input_amax:
-            matmuls[name] = node
-    for name, matmul in matmuls.items():
-        amax = calibration.activation_amax(name)
+        linears = fused_projections.members(name)  # a fused q/k/v or w1/w3 MatMul: its members' ranges
+        if name and all(n in calibration.input_amax for n in linears):
+            matmuls[name] = (node, linears)
+    for name, (matmul, linears) in matmuls.items():
+        amax = max(calibration.activation_amax(n) for n in linears)
         scale = _small_initializer(graph, f"{name}.input_scale", np.array(max(amax, 1e-8) / Q_MAX, np_dtype))
         zero = _small_initializer(graph, f"{name}.input_zero_point", np.array(0, np.int8))
         q = ir.node("QuantizeLinear", [matmul.inputs[0], scale, zero], name=f"{name}/input/QuantizeLinear")

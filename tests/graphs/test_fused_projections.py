@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from conftest import TINY_GQA, TINY_MHA, exported, save
 from test_rules import _feeds
 
+from llama_export.config import ModelArgs
 from llama_export.graphs import cleanup
 from llama_export.graphs.fused_projections import fuse_group, fuse_projections
 from llama_export.validate.runners import OrtRunner
@@ -68,9 +70,51 @@ def test_refuses_a_weight_with_a_second_reader():
     assert fuse_group(graph, 0, "qkv")
 
 
-def test_int8_weights_are_left_to_matmulnbits(tmp_path):
+# vocab 2048: the calibration text of int8 (W8A8) is tokenized with the tiny asset's tokenizer
+INT8_ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=2048, multiple_of=32, max_seq_len=128)
+
+
+@pytest.mark.parametrize("method,fused_op", [("int8-wo", "MatMulNBits"), ("int8", "MatMulIntegerToFloat")])
+def test_int8_weights_fuse_and_ort_folds_them(tmp_path, method, fused_op):
+    """int8 q/k/v and w1/w3 fuse as DQ(Concat(int8), Concat(scales)) → MatMul; ORT folds the Concats and makes
+    one int8 kernel per fused MatMul (4 per layer instead of 7); the graph computes what the unfused one does."""
+    from llama_export.exporter.checkpoints import RandomCheckpoint
+    from llama_export.exporter.export import export_onnx, prepare_quantization
+
+    ckpt = RandomCheckpoint(INT8_ARGS, seed=1)
+    quant = prepare_quantization(ckpt, method, samples=2)
+    n = INT8_ARGS.n_layers
+    results = {}
+    for target in ("none", "ort"):
+        (tmp_path / target).mkdir()
+        results[target] = export_onnx(ckpt, tmp_path / target, method, target=target, quantization=quant)
+    counts = results["ort"].fusion_counts
+    assert counts["fused_projections"] == 2 * n and counts["quantize_weights"] == 7 * n
+    assert counts["quantize_activations"] == (4 * n if method == "int8" else 0)  # one pair per fused MatMul
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "ort" / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(tmp_path / "optimized.onnx", load_external_data=False)
+    assert sum(node.op_type == fused_op for node in optimized.graph.node) == 4 * n
+    off = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the graphs' own arithmetic (W8A8 on AVX2: test_quantize)
+    outputs = {t: OrtRunner(tmp_path / t / "model.onnx", INT8_ARGS, graph_optimization_level=off)
+               .run(_feeds(INT8_ARGS)) for t in results}
+    for key, ref in outputs["none"].items():
+        np.testing.assert_allclose(outputs["ort"][key], ref, atol=1e-4, rtol=0, err_msg=key)
+
+
+def test_onnx_target_keeps_int8_per_projection_so_tensorrt_builds(tmp_path):
+    """TensorRT takes an int8 constant only straight into a DequantizeLinear, and engines are built from the
+    `onnx` target: there int8 weights are not concatenated, and TensorRT-RTX builds the graph."""
     from llama_export.exporter.checkpoints import RandomCheckpoint
     from llama_export.exporter.export import export_onnx
 
-    result = export_onnx(RandomCheckpoint(TINY_GQA, seed=1), tmp_path, "int8-wo", target="ort")
+    result = export_onnx(RandomCheckpoint(TINY_GQA, seed=1), tmp_path, "int8-wo", target="onnx", float_dtype="fp16")
     assert result.fusion_counts["fused_projections"] == 0 and result.fusion_counts["quantize_weights"] == 14
+    pytest.importorskip("tensorrt_rtx")
+    from llama_export.engine.builder import build_engine
+    from llama_export.engine.profiles import ProfileLimits
+
+    built = build_engine(tmp_path / "model.onnx", TINY_GQA, tmp_path / "engine.plan", ProfileLimits(1, 16, 32),
+                         builder="tensorrt-rtx")
+    assert built.plan.stat().st_size > 0
