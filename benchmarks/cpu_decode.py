@@ -1,11 +1,12 @@
 """CPU decode by target: batch-1 prefill latency (128 tokens) and decode tokens/s in ONNX Runtime, per fusion
 target, against Torch eager on the same (random-init) weights. fp32, `small` size by default.
 
-    python benchmarks/cpu_decode.py [--size small] [--repeats 5] [--decode-steps 32] [--markdown]
+    python benchmarks/cpu_decode.py [--size small] [--repeats 7] [--decode-steps 64] [--markdown]
 
 Each target is exported into its own folder (llama_export.exporter.export.export_onnx(..., target=...)), run
-with ORT's default graph optimisations (what a deployment gets), same thread count as Torch. Numbers are
-medians over `--repeats` runs; ratios are against the `none` graph and against Torch.
+with ORT's default graph optimisations (what a deployment gets), same thread count as Torch. All runners are
+loaded first and the rounds alternate over them. Numbers are medians over `--repeats` rounds; ratios are
+against the `none` graph and against Torch.
 """
 
 from __future__ import annotations
@@ -27,30 +28,24 @@ from llama_export.validate.runners import KVSession, OrtRunner, TorchRunner
 TARGETS = ("none", "onnx", "ort", "plugin")
 
 
-def measure(runner, prompt: np.ndarray, decode_steps: int, repeats: int) -> tuple[float, float]:
-    """(median prefill seconds, median decode tokens/s); one warm-up round first."""
-    prefill, rates = [], []
-    for round_ in range(repeats + 1):
-        session = KVSession(runner)
-        start = time.perf_counter()
-        logits = session.prefill(prompt)
-        prefilled = time.perf_counter()
-        token = logits[:, -1].argmax(-1)
-        for _ in range(decode_steps):
-            token = session.step(token)[:, -1].argmax(-1)
-        done = time.perf_counter()
-        if round_:
-            prefill.append(prefilled - start)
-            rates.append(decode_steps / (done - prefilled))
-    return statistics.median(prefill), statistics.median(rates)
+def one_round(runner, prompt: np.ndarray, decode_steps: int) -> tuple[float, float]:
+    """(prefill seconds, decode tokens/s) of one prefill + greedy decode."""
+    session = KVSession(runner)
+    start = time.perf_counter()
+    logits = session.prefill(prompt)
+    prefilled = time.perf_counter()
+    token = logits[:, -1].argmax(-1)
+    for _ in range(decode_steps):
+        token = session.step(token)[:, -1].argmax(-1)
+    return prefilled - start, decode_steps / (time.perf_counter() - prefilled)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="small")
     parser.add_argument("--prompt-len", type=int, default=128)
-    parser.add_argument("--decode-steps", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--decode-steps", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table for docs/BENCHMARKS.md")
     opts = parser.parse_args()
@@ -59,17 +54,25 @@ def main() -> None:
     checkpoint = RandomCheckpoint(args, seed=0)
     prompt = np.random.default_rng(0).integers(1, args.vocab_size, size=(1, opts.prompt_len))
     torch.set_num_threads(opts.threads)
-    results = {"torch": measure(TorchRunner(load_model(checkpoint)), prompt, opts.decode_steps, opts.repeats)}
     counts = {}
     with tempfile.TemporaryDirectory() as tmp:
+        runners = {"torch": TorchRunner(load_model(checkpoint))}
         for target in TARGETS:
             folder = Path(tmp) / target
             folder.mkdir()
             result = export_onnx(checkpoint, folder, "fp32", 23, target=target)
             counts[target] = {k: v for k, v in result.fusion_counts.items() if "cleanup" not in k}
-            runner = OrtRunner(result.model_path, args, intra_op_threads=opts.threads)
-            results[target] = measure(runner, prompt, opts.decode_steps, opts.repeats)
-            del runner
+            runners[target] = OrtRunner(result.model_path, args, intra_op_threads=opts.threads)
+        # Rounds alternate over the runners (one warm-up round first), so drift on a shared machine hits all.
+        samples = {name: [] for name in runners}
+        for round_ in range(opts.repeats + 1):
+            for name, runner in runners.items():
+                sample = one_round(runner, prompt, opts.decode_steps)
+                if round_:
+                    samples[name].append(sample)
+        results = {name: (statistics.median(p for p, _ in xs), statistics.median(r for _, r in xs))
+                   for name, xs in samples.items()}
+        del runners
 
     _, base_rate = results["none"]
     torch_prefill, torch_rate = results["torch"]

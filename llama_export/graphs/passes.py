@@ -2,7 +2,8 @@
 
     onnx   : cleanup → RMSNormalization → RotaryEmbedding → Attention → fused projections → cleanup  (opset 23)
     ort    : cleanup → SimplifiedLayerNormalization → SkipSimplifiedLayerNormalization
-             → com.microsoft RotaryEmbedding → MultiHeadAttention → fused projections → cleanup
+             → com.microsoft RotaryEmbedding → MultiHeadAttention (GQA at opset 23: ONNX Attention)
+             → fused projections → cleanup
     plugin : cleanup → llama_export.RMSNorm → llama_export.RotaryEmbedding → cleanup → add_functions
     none   : cleanup
 A LLaMA has 2·n_layers+1 RMSNorms (two per block, one final), 2·n_layers rotaries (q and k per block) and
@@ -76,7 +77,7 @@ def expected_counts(args: ModelArgs, target: str, dtype: ir.DataType = ir.DataTy
 
 
 def pipeline(args: ModelArgs, target: str, dtype: ir.DataType = ir.DataType.FLOAT,
-             float_weights: bool = True) -> list[Pass]:
+             float_weights: bool = True, opset: int = ONNX_TARGET_OPSET) -> list[Pass]:
     expected = expected_counts(args, target, dtype, float_weights)
     passes = [Pass("cleanup", cleanup.cleanup, None)]
     if target in ("onnx", "ort", "plugin"):
@@ -86,7 +87,7 @@ def pipeline(args: ModelArgs, target: str, dtype: ir.DataType = ir.DataType.FLOA
     if target in ("onnx", "ort", "plugin"):
         passes.append(_rule_pass("rotary", rotary.rules(target, args), expected["rotary"]))
     if target in ("onnx", "ort"):
-        passes.append(_rule_pass("attention", attention.rules(target, args), expected["attention"]))
+        passes.append(_rule_pass("attention", attention.rules(target, args, opset), expected["attention"]))
         int8 = target == "ort"
         passes.append(Pass("fused_projections", lambda m: fused_projections.fuse_projections(m, args.n_layers, int8),
                            expected["fused_projections"]))
@@ -113,7 +114,7 @@ def apply_target(model: onnx.ModelProto | ir.Model, args: ModelArgs, target: str
     if target == "ort":
         ir_model.opset_imports.setdefault("com.microsoft", 1)
     counts: dict[str, int] = {}
-    for p in pipeline(args, target, _float_dtype(ir_model), fused_projections.float_weights(ir_model)):
+    for p in pipeline(args, target, _float_dtype(ir_model), fused_projections.float_weights(ir_model), opset):
         count = p.run(ir_model)
         counts[p.name] = counts.get(p.name, 0) + count if p.expected is None else count
         if p.expected is not None and count != p.expected:

@@ -18,10 +18,13 @@ ARGS = ModelArgs(dim=128, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=96, mu
 LIMITS = ProfileLimits(max_batch=2, max_input=16, max_seq=64)
 
 
-@pytest.mark.parametrize(("target", "precision"), [("none", "fp32"), ("none", "fp16"), ("onnx", "fp32"),
-                                                  ("onnx", "fp16")])
-def test_export_builds_with_prefill_and_decode_profiles(tmp_path, target, precision):
-    exported = export_onnx(RandomCheckpoint(ARGS, seed=2), tmp_path, precision, target=target)
+@pytest.mark.parametrize(("target", "precision", "float_dtype"), [
+    ("none", "fp32", None), ("none", "fp16", None), ("onnx", "fp32", None), ("onnx", "fp16", None),
+    ("none", "int8-wo", "fp32"), ("onnx", "int8-wo", "fp16"),  # W8A8: tests/graphs/test_quantize.py
+])
+def test_export_builds_with_prefill_and_decode_profiles(tmp_path, target, precision, float_dtype):
+    exported = export_onnx(RandomCheckpoint(ARGS, seed=2), tmp_path, precision, target=target,
+                           float_dtype=float_dtype)
     built = build_engine(exported.model_path, ARGS, tmp_path / "engine.plan", LIMITS)
     assert (tmp_path / "engine.plan").stat().st_size > 0
     # The shapes TensorRT accepted (read back from its profile objects) are the io_spec-derived ones.
@@ -38,7 +41,24 @@ def test_export_builds_with_prefill_and_decode_profiles(tmp_path, target, precis
         # softmax_precision) is dropped and recorded, not hidden.
         assert "ATTENTION_DECOMPOSABLE" in built.flags
         dropped = [f"softmax_precision dropped from {ARGS.n_layers} Attention nodes"]
-        assert built.graph_changes == (dropped if precision == "fp16" else [])
+        assert built.graph_changes == (dropped if "fp16" in (precision, float_dtype) else [])
+
+
+@pytest.mark.parametrize("float_dtype", ["fp32", "fp16"])
+@pytest.mark.parametrize("method", ["int8-wo", "int8"])
+def test_int8_tiny_model_builds_with_both_profiles(tmp_path, method, float_dtype):
+    """The built-in tiny model's INT8 exports (weight-only, and W8A8 calibrated on its text) in fp32 and fp16."""
+    from llama_export.exporter.export import prepare_quantization
+    from llama_export.exporter.sources import resolve_checkpoint
+
+    ckpt = resolve_checkpoint()
+    quant = prepare_quantization(ckpt, method, samples=2)
+    exported = export_onnx(ckpt, tmp_path, method, float_dtype=float_dtype, quantization=quant)
+    built = build_engine(exported.model_path, ckpt.args, tmp_path / "engine.plan", LIMITS)
+    assert (tmp_path / "engine.plan").stat().st_size > 0
+    expected = {p: {n: [list(s) for s in shapes] for n, shapes in per.items()}
+                for p, per in input_shapes(ckpt.args, LIMITS).items()}
+    assert built.profiles == expected and set(built.profiles) == {"prefill", "decode"}
 
 
 def test_timing_cache_is_not_faked_with_tensorrt_rtx(tmp_path):

@@ -123,10 +123,10 @@ def test_composes_with_targets_and_fp16(tmp_path, method, target, float_dtype, o
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["float_dtype"] == float_dtype and manifest["fusion_counts"]["quantize_weights"] == 14
     ids = np.random.default_rng(0).integers(3, 2000, size=(1, 9))
-    # The graph's own semantics, so ORT's fusions are off: on x86 without VNNI (this machine: AVX2) ORT fuses
-    # W8A8 Q/DQ→MatMul into MatMulIntegerToFloat, whose u8s8 kernel saturates int16 pair sums when weights use
-    # the full int8 range, as random uniform weights do (measured: correlation 0.98/0.97 fused vs 0.9999 unfused;
-    # 7-bit weights fuse exactly). docs/BENCHMARKS.md, INT8.
+    # The graph's own semantics, so ORT's fusions are off: on x86 without VNNI (AVX2 only, as some of these VMs
+    # are) ORT fuses W8A8 Q/DQ→MatMul into MatMulIntegerToFloat, whose u8s8 kernel saturates int16 pair sums when
+    # weights use the full int8 range, as random uniform weights do (measured: correlation 0.98/0.97 fused vs
+    # 0.9999 unfused; 7-bit weights fuse exactly; with AVX-512 VNNI fused is exact). docs/BENCHMARKS.md, INT8.
     level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     got = KVSession(OrtRunner(folder / "model.onnx", SMALL, graph_optimization_level=level)).prefill(ids)
     want = KVSession(TorchRunner(load_model(ckpt))).prefill(ids)

@@ -23,6 +23,10 @@ def _cleaned(args=TINY_GQA, precision="fp32", opset=23) -> ir.Model:
     return model
 
 
+def _count(model: ir.Model, op_type: str) -> int:
+    return sum(1 for n in model.graph if n.op_type == op_type)
+
+
 def _apply(model: ir.Model, ruleset) -> int:
     count = ruleset.apply_to_model(model)
     cleanup.remove_unused(model)
@@ -91,7 +95,19 @@ def test_rules_fire_at_older_opsets(opset):
     assert _apply(model, rotary.rules("plugin", TINY_GQA)) == 2 * L
     model = _cleaned(TINY_GQA, "fp32", opset)
     assert _apply(model, rotary.rules("ort", TINY_GQA)) == 2 * L
-    assert _apply(model, attention.rules("ort", TINY_GQA)) == L
+    assert _apply(model, attention.rules("ort", TINY_GQA, opset)) == L
+    assert _count(model, "MultiHeadAttention") == L and _count(model, "Attention") == 0  # no ONNX Attention < 23
+
+
+@pytest.mark.parametrize(("args", "op"), [(TINY_GQA, "Attention"), (TINY_MHA, "MultiHeadAttention")],
+                         ids=["gqa", "mha"])
+def test_ort_attention_op_avoids_repeating_the_cache(args, op):
+    """`ort` at opset 23: GQA gets ONNX Attention (reads n_kv_heads; MHA would need the cache Expanded to
+    n_heads every step), MHA models keep com.microsoft MultiHeadAttention."""
+    model = _cleaned(args, "fp32", 23)
+    assert _apply(model, attention.rules("ort", args, 23)) == args.n_layers
+    cleanup.remove_unused(model)
+    assert _count(model, op) == args.n_layers and _count(model, "Expand") == 0
 
 
 @pytest.mark.parametrize("precision", ["fp16"])
