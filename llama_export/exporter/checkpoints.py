@@ -72,9 +72,13 @@ class Checkpoint:
     def tensor(self, name: str) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not implement tensor()")
 
-    def iter_tensors(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    def iter_tensors(self, dtype: torch.dtype | None = None,
+                     buffers: Buffers | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, tensor) in model order, one at a time, in the checkpoint's own dtype. `dtype` is a hint for
-        sources that can produce it directly (random init draws into it); others ignore it, callers convert."""
+        sources that can produce it directly (random init draws into it); others ignore it, callers convert.
+        `buffers(numel, dtype)`, when given, is where sources that make their tensors (random init) put them:
+        a yielded tensor may then share memory with a later one, so only a caller that is done with each
+        tensor before the next-but-one arrives may pass it (weights.stream_weights)."""
         for name in self.names():
             yield name, self.tensor(name)
 
@@ -86,11 +90,14 @@ class Checkpoint:
         return {n: (t if dtype is None else t.to(dtype)) for n, t in self.iter_tensors()}
 
 
+# (numel, dtype) -> a flat contiguous buffer of at least numel values (weights.AlternatingBuffers)
+Buffers = Callable[[int, torch.dtype], torch.Tensor]
+
 RANDOM_CHUNK = 1 << 22  # values per independently seeded stream of a random tensor
 
 
 def uniform_init(shape: tuple[int, ...], seed: int, std: float = INIT_STD,
-                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                 dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None) -> torch.Tensor:
     """Values uniform in [-√3·std, √3·std): the std of N(0, std), like nn.Linear's own (uniform) init.
 
     Why uniform and chunked: random init is what a 7B export benchmark spends its CPU on (6.7 G values), and
@@ -98,9 +105,10 @@ def uniform_init(shape: tuple[int, ...], seed: int, std: float = INIT_STD,
     core). Each RANDOM_CHUNK-sized piece has its own stream (PCG64 seeded with [seed, chunk]), so pieces fill
     in parallel and the values do not depend on the number of threads. They are drawn in fp32 and rounded to
     `dtype` piece by piece (the same values as converting the fp32 tensor, without a second pass over it).
+    `out`: a flat contiguous `dtype` buffer of at least that many values to draw into (the result is a view).
     """
     n = math.prod(shape)
-    out = torch.empty(n, dtype=dtype)
+    out = torch.empty(n, dtype=dtype) if out is None else out[:n]
     direct = out.numpy() if dtype == torch.float32 else None
     bound = math.sqrt(3.0) * std
 
@@ -138,15 +146,17 @@ class RandomCheckpoint(Checkpoint):
         self.args, self.seed = args, seed
         self.description = f"random-init seed={seed}"
 
-    def tensor(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def tensor(self, name: str, dtype: torch.dtype = torch.float32, buffers: Buffers | None = None) -> torch.Tensor:
         shape = expected_shapes(self.args)[name]
         if len(shape) == 1:  # norm weights
             return torch.ones(shape, dtype=dtype)
-        return uniform_init(shape, self.seed * 1_000_003 + zlib.crc32(name.encode()), dtype=dtype)
+        out = buffers(math.prod(shape), dtype) if buffers is not None else None
+        return uniform_init(shape, self.seed * 1_000_003 + zlib.crc32(name.encode()), dtype=dtype, out=out)
 
-    def iter_tensors(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    def iter_tensors(self, dtype: torch.dtype | None = None,
+                     buffers: Buffers | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         for name in self.names():
-            yield name, self.tensor(name, dtype or torch.float32)
+            yield name, self.tensor(name, dtype or torch.float32, buffers)
 
     def fingerprint(self) -> str:
         # "init" names the generator: the same seed under another generator is other weights.

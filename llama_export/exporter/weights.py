@@ -57,7 +57,10 @@ def stream_weights(checkpoint: Checkpoint, dtype: torch.dtype, path: Path, stop:
     with open(path, "wb") as f, ThreadPoolExecutor(1, thread_name_prefix="weights-write") as writer, \
             ThreadPoolExecutor(1, thread_name_prefix="weights-hash") as hasher:
         pending: list[Future] = []
-        for name, tensor in checkpoint.iter_tensors(None if transform else dtype):
+        # Two alternating buffers are enough: tensor i is written and hashed (its jobs awaited) before i+1 is
+        # submitted, and i+2 is made while i+1 is in flight.
+        buffers = AlternatingBuffers()
+        for name, tensor in checkpoint.iter_tensors(None if transform else dtype, buffers):
             if stop.is_set():
                 raise Interrupted
             outputs = [(name, tensor.to(dtype).contiguous())] if transform is None else transform(name, tensor)
@@ -81,6 +84,28 @@ def stream_weights(checkpoint: Checkpoint, dtype: torch.dtype, path: Path, stop:
         os.fsync(f.fileno())
     remember_sha256(path, digest.hexdigest())
     return layout
+
+
+class AlternatingBuffers:
+    """Two reusable flat buffers handed out in turn, for checkpoints that make their tensors (random init).
+
+    Why: a fresh tensor page-faults on every 4 KB page, and while the export fills the page cache each fault
+    has to reclaim a page first. Measured on this VM, writing 10.7 GB of 256 MB tensors: fresh tensors 26-61 s
+    (2.6 M faults, mostly system time), two reused buffers 14.9 s (0.13 M faults); the 7B fp16 export went from
+    132 s to 70 s (3.43 M -> 0.30 M faults). Valid only for a consumer that is done with tensor i before
+    tensor i+2 is requested (stream_weights)."""
+
+    def __init__(self):
+        self.slots: list[torch.Tensor | None] = [None, None]
+        self.turn = 0
+
+    def __call__(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        slot, self.turn = self.turn, 1 - self.turn
+        if self.slots[slot] is None or self.slots[slot].numel() < nbytes:
+            self.slots[slot] = None  # free the smaller one before allocating
+            self.slots[slot] = torch.empty(nbytes, dtype=torch.uint8)
+        return self.slots[slot][:nbytes].view(dtype)
 
 
 def _chunks(pads: list[int], outputs: list[tuple[str, torch.Tensor]]) -> list:

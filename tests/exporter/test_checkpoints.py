@@ -257,3 +257,20 @@ def test_random_init_drawn_in_fp16_equals_the_fp32_draw_rounded(tiny_args):
     ckpt = RandomCheckpoint(tiny_args, seed=7)
     for name, half in ckpt.iter_tensors(torch.float16):
         assert half.dtype == torch.float16 and torch.equal(half, ckpt.tensor(name).to(torch.float16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_random_init_into_alternating_buffers(tiny_args, dtype):
+    """The export stream's reused buffers give the same tensors, and tensor i+2 reuses tensor i's memory."""
+    from llama_export.exporter.weights import AlternatingBuffers
+
+    ckpt = RandomCheckpoint(tiny_args, seed=7)
+    pooled = ckpt.iter_tensors(dtype, AlternatingBuffers())
+    pointers = []
+    for (name, fresh), (pooled_name, reused) in zip(ckpt.iter_tensors(dtype), pooled):
+        assert name == pooled_name and reused.dtype == dtype and torch.equal(reused, fresh)
+        if reused.dim() > 1:
+            pointers.append(reused.data_ptr())
+    # two slots in turn (each regrown only when a larger tensor comes): far fewer buffers than tensors
+    assert pointers[-1] == pointers[-3] != pointers[-2] == pointers[-4]
+    assert len(set(pointers)) <= 6 < len(pointers)

@@ -26,10 +26,10 @@ ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, mu
 class InterruptingCheckpoint(RandomCheckpoint):
     """Raises KeyboardInterrupt (what SIGINT raises) after a few tensors, i.e. while weights stream."""
 
-    def tensor(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def tensor(self, name: str, dtype: torch.dtype = torch.float32, buffers=None) -> torch.Tensor:
         if name == "layers.1.attention.wq.weight":
             raise KeyboardInterrupt
-        return super().tensor(name, dtype)
+        return super().tensor(name, dtype, buffers)
 
 
 def previous_output(folder: Path) -> None:
