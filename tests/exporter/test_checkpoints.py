@@ -238,7 +238,7 @@ def test_own_format_fingerprint_ignores_safetensors_header_key_order(tmp_path, t
 
 
 def test_uniform_init_has_the_init_std_and_does_not_depend_on_threads(monkeypatch):
-    from llama_export.exporter import checkpoints
+    from llama_export.exporter import random_init as checkpoints
 
     shape = (3 * checkpoints.RANDOM_CHUNK // 1024 + 7, 1024)  # several chunks and a ragged last one
     many = checkpoints.uniform_init(shape, seed=5)
