@@ -100,7 +100,7 @@ class AlternatingBuffers:
         self.turn = 0
 
     def __call__(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        nbytes = numel * dtype.itemsize
         slot, self.turn = self.turn, 1 - self.turn
         if self.slots[slot] is None or self.slots[slot].numel() < nbytes:
             self.slots[slot] = None  # free the smaller one before allocating

@@ -31,6 +31,9 @@ TARGETS = ("onnx", "ort", "plugin", "none")
 # the default must be a graph every backend builds. Ask for --target onnx / ort for ORT deployments.
 DEFAULT_TARGET = "none"
 ONNX_TARGET_OPSET = 23
+# Targets whose fused projections also concatenate int8 weights. Not `onnx`: engines are built from it and
+# TensorRT refuses an int8 constant that feeds anything but a DequantizeLinear (fused_projections.py).
+INT8_PROJECTION_TARGETS = ("ort",)
 
 
 class FusionCountError(RuntimeError):
@@ -60,10 +63,9 @@ def _float_dtype(model: ir.Model) -> ir.DataType:
 def expected_counts(args: ModelArgs, target: str, dtype: ir.DataType = ir.DataType.FLOAT,
                     float_weights: bool = True) -> dict[str, int]:
     norms, rotaries, attentions = 2 * args.n_layers + 1, 2 * args.n_layers, args.n_layers
-    projections = 2 * args.n_layers
-    if target == "onnx":  # engines are built from this graph: int8 weights stay per projection for TensorRT
-        return {"rms_norm": norms, "rotary": rotaries, "attention": attentions,
-                "fused_projections": projections if float_weights else 0}
+    projections = 2 * args.n_layers if float_weights or target in INT8_PROJECTION_TARGETS else 0
+    if target == "onnx":
+        return {"rms_norm": norms, "rotary": rotaries, "attention": attentions, "fused_projections": projections}
     if target == "ort":
         # MHA on ORT CPU is float32-only: fp16/bf16 graphs keep attention decomposed (attention.py).
         mha = attentions if dtype == ir.DataType.FLOAT else 0
@@ -88,7 +90,7 @@ def pipeline(args: ModelArgs, target: str, dtype: ir.DataType = ir.DataType.FLOA
         passes.append(_rule_pass("rotary", rotary.rules(target, args), expected["rotary"]))
     if target in ("onnx", "ort"):
         passes.append(_rule_pass("attention", attention.rules(target, args, opset), expected["attention"]))
-        int8 = target == "ort"
+        int8 = target in INT8_PROJECTION_TARGETS
         passes.append(Pass("fused_projections", lambda m: fused_projections.fuse_projections(m, args.n_layers, int8),
                            expected["fused_projections"]))
     if target != "none":
