@@ -23,32 +23,39 @@ from .checkpoints import Buffers, Checkpoint, expected_shapes
 
 INIT_STD = 0.02
 RANDOM_CHUNK = 1 << 22  # values per independently seeded stream of a random tensor
+CACHE_STEP = 1 << 18  # values converted at a time within a chunk (1 MB of fp32: fits in L2)
 
 
 def uniform_init(shape: tuple[int, ...], seed: int, std: float = INIT_STD,
                  dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Values uniform in [-√3·std, √3·std): the std of N(0, std), like nn.Linear's own (uniform) init.
+    """Values uniform on 2^16 evenly spaced points in [-√3·std, √3·std): the std of N(0, std), like
+    nn.Linear's own (uniform) init.
 
-    Why uniform and chunked: random init is what a 7B export benchmark spends its CPU on (6.7 G values), and
-    numpy's PCG64 draws uniform floats ~2.5x faster than torch's normal_ (measured here: 243 vs 96 M/s per
-    core). Each RANDOM_CHUNK-sized piece has its own stream (PCG64 seeded with [seed, chunk]), so pieces fill
-    in parallel and the values do not depend on the number of threads. They are drawn in fp32 and rounded to
-    `dtype` piece by piece (the same values as converting the fp32 tensor, without a second pass over it).
+    Why 16-bit draws: random init is what a 7B export benchmark spends its CPU on (6.7 G values). Each value
+    is one int16 from SFC64's raw output times √3·std/2^15 (one numpy multiply into fp32): measured here
+    ~1.1 G values/s per core, against 0.36 G/s for numpy's float32 `random` (PCG64) scaled and rounded, which
+    was the export's largest CPU cost once its writes bypassed the page cache. 2^16 levels is finer than
+    fp16's own spacing over most of the range. Each RANDOM_CHUNK-sized piece has its own stream (SFC64 seeded
+    with [seed, chunk]), so pieces fill in parallel and the values do not depend on the number of threads.
+    Other dtypes get the fp32 values rounded, piece by piece (the same values as converting the fp32 tensor).
     `out`: a flat contiguous `dtype` buffer of at least that many values to draw into (the result is a view).
     """
     n = math.prod(shape)
     out = torch.empty(n, dtype=dtype) if out is None else out[:n]
     direct = out.numpy() if dtype == torch.float32 else None
-    bound = math.sqrt(3.0) * std
+    step = np.float32(math.sqrt(3.0) * std / 32768)
 
     def fill(chunk: int) -> None:
-        lo, hi = chunk * RANDOM_CHUNK, min(n, (chunk + 1) * RANDOM_CHUNK)
-        piece = direct[lo:hi] if direct is not None else _scratch(hi - lo)
-        np.random.Generator(np.random.PCG64([seed, chunk])).random(out=piece, dtype=np.float32)
-        piece *= 2 * bound  # numpy and torch release the GIL for these, so the pieces really run in parallel
-        piece -= bound
-        if direct is None:
-            out[lo:hi].copy_(torch.from_numpy(piece))
+        stream = np.random.SFC64([seed, chunk])
+        # Cache-sized steps through the chunk (the same stream, so the same values): 1.4x faster than whole
+        # chunks here, whose intermediates spill out of L2.
+        for lo in range(chunk * RANDOM_CHUNK, min(n, (chunk + 1) * RANDOM_CHUNK), CACHE_STEP):
+            hi = min(n, lo + CACHE_STEP)
+            bits = stream.random_raw(-(-(hi - lo) // 4)).view(np.int16)[: hi - lo]
+            piece = direct[lo:hi] if direct is not None else _scratch(hi - lo)
+            np.multiply(bits, step, out=piece)  # numpy and torch release the GIL: pieces run in parallel
+            if direct is None:
+                out[lo:hi].copy_(torch.from_numpy(piece))
 
     chunks = range(-(-n // RANDOM_CHUNK))
     if len(chunks) == 1:
@@ -66,7 +73,7 @@ def _scratch(size: int) -> np.ndarray:
     """A per-thread fp32 buffer reused across pieces (a fresh one per piece would page-fault every time)."""
     buffer = getattr(_SCRATCH, "buffer", None)
     if buffer is None or buffer.size < size:
-        buffer = _SCRATCH.buffer = np.empty(RANDOM_CHUNK, dtype=np.float32)
+        buffer = _SCRATCH.buffer = np.empty(CACHE_STEP, dtype=np.float32)
     return buffer[:size]
 
 
@@ -89,7 +96,7 @@ class RandomCheckpoint(Checkpoint):
 
     def fingerprint(self) -> str:
         # "init" names the generator: the same seed under another generator is other weights.
-        payload = json.dumps({"random_init": self.seed, "init": "uniform_init/pcg64", "args": self.args.to_dict()},
+        payload = json.dumps({"random_init": self.seed, "init": "uniform_init/sfc64-int16", "args": self.args.to_dict()},
                              sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
