@@ -176,6 +176,9 @@ class SafetensorsFiles:
     def __init__(self):
         self._handles: dict[Path, object] = {}
 
+    def __getstate__(self) -> dict:
+        return {"_handles": {}}  # open handles do not pickle; a copy (the stream's process) reopens on demand
+
     def get(self, path: Path, name: str) -> torch.Tensor:
         from safetensors import SafetensorError, safe_open
 

@@ -29,7 +29,7 @@ from ..config import SIZES, ModelArgs
 from ..errors import UserError
 from .checkpoints import Checkpoint
 from .model import Transformer, rope_inv_freq
-from .weights import WeightStreamer, attach, embed_constants, mark_pending
+from .weights import attach, embed_constants, mark_pending, start_streamer
 
 if TYPE_CHECKING:
     from ..graphs.quantize import QuantOptions
@@ -236,10 +236,9 @@ def export_onnx(checkpoint: Checkpoint, folder: str | Path, precision: str = "fp
         quantization = prepare_quantization(checkpoint, precision)
     transform = WeightTransform(checkpoint.args, quantization, dtype) if quantization else None
     folder = Path(folder)
-    streamer = WeightStreamer(checkpoint, dtype, folder / DATA_FILE, progress, transform)
+    streamer = start_streamer(checkpoint, dtype, folder / DATA_FILE, progress, transform)
     try:
-        with _responsive_threads():
-            streamer.start()  # weights stream while the graph is traced and rewritten
+        with _responsive_threads():  # weights stream while the graph is traced and rewritten
             model = trace_graph(checkpoint.args, dtype, opset)
             embed_constants(model)
             # The quantize pass declares the int8 weights and scales the stream writes (no weight bytes read).

@@ -164,6 +164,10 @@ class MetaCheckpoint(Checkpoint):
         n = len(self.paths)
         self.description = f"{self.folder} (Meta, {n} shard{'s' if n > 1 else ''})"
 
+    def __reduce__(self):
+        # Pickled (for the stream's process) as its folder: pickling the mmapped shards would copy every weight.
+        return type(self), (self.folder,)
+
     def _check_shards_agree(self) -> None:
         first, names = self.paths[0].name, set(self._shards[0])
         for path, shard in zip(self.paths[1:], self._shards[1:]):

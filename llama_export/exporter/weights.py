@@ -13,6 +13,7 @@ page-aligned buffers. At the end, `attach` points each initializer at its bytes.
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,7 +25,7 @@ import onnx_ir as ir
 import torch
 
 from .artifacts import remember_sha256
-from .checkpoints import Checkpoint
+from .checkpoints import Checkpoint, expected_shapes
 from .datafile import ALIGN, DataFile, aligned_empty
 
 # Offsets are page-aligned so runtimes can mmap each tensor in place (and so O_DIRECT can write them).
@@ -50,9 +51,9 @@ class Interrupted(Exception):
 
 def stream_weights(checkpoint: Checkpoint, dtype: torch.dtype, path: Path, stop: threading.Event,
                    progress: Callable[[str], None] | None = None,
-                   transform: Transform | None = None) -> dict[str, Placement]:
+                   transform: Transform | None = None) -> tuple[dict[str, Placement], str]:
     """Write every checkpoint tensor, converted to `dtype` (or by `transform`), to `path` (fsynced).
-    Returns where each written tensor lies."""
+    Returns where each written tensor lies, and the file's sha256."""
     layout: dict[str, Placement] = {}
     offset = 0
     digest = hashlib.sha256()  # updated by the hash thread only, in file order
@@ -84,8 +85,7 @@ def stream_weights(checkpoint: Checkpoint, dtype: torch.dtype, path: Path, stop:
             del outputs, chunks
         for job in pending:
             job.result()
-    remember_sha256(path, digest.hexdigest())
-    return layout
+    return layout, digest.hexdigest()
 
 
 class AlternatingBuffers:
@@ -150,13 +150,13 @@ class WeightStreamer(threading.Thread):
         super().__init__(name="weights-stream", daemon=True)  # daemon: never keeps an interrupted process alive
         self.stop = threading.Event()
         self._job = (checkpoint, dtype, path, progress, transform)
-        self._layout: dict[str, Placement] | None = None
+        self._done: tuple[dict[str, Placement], str] | None = None
         self._error: BaseException | None = None
 
     def run(self) -> None:
         checkpoint, dtype, path, progress, transform = self._job
         try:
-            self._layout = stream_weights(checkpoint, dtype, path, self.stop, progress, transform)
+            self._done = stream_weights(checkpoint, dtype, path, self.stop, progress, transform)
         except BaseException as exc:  # noqa: BLE001 -- handed to the main thread by result()
             self._error = exc
 
@@ -164,12 +164,32 @@ class WeightStreamer(threading.Thread):
         self.join()
         if self._error is not None:
             raise self._error
-        assert self._layout is not None
-        return self._layout
+        assert self._done is not None
+        layout, sha256 = self._done
+        remember_sha256(self._job[2], sha256)
+        return layout
 
     def cancel(self) -> None:
         self.stop.set()
         self.join()
+
+
+# Below this many weight bytes a thread streams them: starting a process (importing torch) costs more.
+PROCESS_MIN_BYTES = 2 << 30
+
+
+def start_streamer(checkpoint: Checkpoint, dtype: torch.dtype, path: Path,
+                   progress: Callable[[str], None] | None = None, transform: Transform | None = None):
+    """A started streamer: a child process for big models (stream_process.py says why), a thread for small."""
+    n_bytes = sum(math.prod(shape) for shape in expected_shapes(checkpoint.args).values()) * dtype.itemsize
+    if n_bytes >= PROCESS_MIN_BYTES:
+        from .stream_process import ProcessWeightStreamer
+
+        streamer = ProcessWeightStreamer(checkpoint, dtype, path, progress, transform)
+    else:
+        streamer = WeightStreamer(checkpoint, dtype, path, progress, transform)
+    streamer.start()
+    return streamer
 
 
 def attach(model: ir.Model, layout: dict[str, Placement], dtype: torch.dtype, folder: Path,
@@ -232,4 +252,4 @@ def is_meta(tensor) -> bool:
 
 
 __all__ = ["ALIGNMENT", "PendingWeight", "Placement", "WeightStreamer", "attach", "embed_constants",
-           "mark_pending", "meta_initializer", "stream_weights"]
+           "mark_pending", "meta_initializer", "start_streamer", "stream_weights"]

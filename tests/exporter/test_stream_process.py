@@ -1,0 +1,69 @@
+"""The weight stream in a child process (big models) writes what the thread writes, and fails and stops alike."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from test_export_folder import InterruptingCheckpoint, previous_output
+
+from llama_export.config import ModelArgs
+from llama_export.exporter import weights
+from llama_export.exporter.checkpoints import RandomCheckpoint, open_checkpoint
+from llama_export.exporter.export import export_to_folder
+from llama_export.exporter.meta_format import save_meta_checkpoint
+from llama_export.exporter.stream_process import ProcessWeightStreamer
+
+ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32)
+
+
+def make_checkpoint(source: str, tmp_path, tiny_args, tiny_state, write_hf):
+    """Sources that pickle differently for the child: random init (as is), Hugging Face (handles dropped), Meta
+    (reopened from its folder)."""
+    if source == "random":
+        return RandomCheckpoint(tiny_args, seed=3)
+    if source == "hf":
+        return open_checkpoint(write_hf(tiny_state, tiny_args, tmp_path / "hf"))
+    save_meta_checkpoint(tiny_state, tiny_args, tmp_path / "meta", n_shards=2)
+    return open_checkpoint(tmp_path / "meta")
+
+
+@pytest.mark.parametrize("source", ["random", "hf", "meta"])  # "own" reads like "hf" (SafetensorsFiles)
+def test_process_stream_writes_the_threads_bytes_for_every_source(source, tmp_path, monkeypatch, tiny_args,
+                                                                  tiny_state, write_hf):
+    checkpoint = make_checkpoint(source, tmp_path, tiny_args, tiny_state, write_hf)
+    threaded = export_to_folder(checkpoint, tmp_path / "thread", "fp16", quiet=True)
+    monkeypatch.setattr(weights, "PROCESS_MIN_BYTES", 0)
+    started = []
+    original = ProcessWeightStreamer.start
+    monkeypatch.setattr(ProcessWeightStreamer, "start", lambda self: (started.append(self), original(self))[1])
+    in_process = export_to_folder(checkpoint, tmp_path / "process", "fp16", quiet=True)
+    assert len(started) == 1 and started[0]._process.returncode == 0  # it really ran in a child
+    for file in ("model.onnx.data", "model.onnx", "manifest.json"):
+        assert (in_process / file).read_bytes() == (threaded / file).read_bytes(), file
+
+
+def test_an_error_in_the_child_reaches_the_caller_and_keeps_the_previous_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(weights, "PROCESS_MIN_BYTES", 0)
+    out = tmp_path / "out"
+    previous_output(out)
+    with pytest.raises(KeyboardInterrupt):  # raised by the checkpoint in the child, re-raised in the parent
+        export_to_folder(InterruptingCheckpoint(ARGS), out, quiet=True)
+    assert (out / "manifest.json").read_text() == '{"previous": true}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the staging folder went
+
+
+def test_cancel_stops_the_child(tmp_path):
+    big = ModelArgs(dim=1024, n_layers=64, n_heads=8, vocab_size=32000)  # ~1.1 GB of fp16: seconds to stream
+    seen = threading.Event()
+    streamer = ProcessWeightStreamer(RandomCheckpoint(big), torch.float16, tmp_path / "data", lambda _: seen.set())
+    streamer.start()
+    assert seen.wait(60)  # it is streaming
+    start = time.perf_counter()
+    streamer.cancel()
+    assert streamer._process.returncode == 0 and time.perf_counter() - start < 10
+    with pytest.raises(weights.Interrupted):
+        streamer.result()
+    assert (tmp_path / "data").stat().st_size < 1_000_000_000  # it stopped before the end
