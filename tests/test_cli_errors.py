@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -26,3 +27,15 @@ def test_generate_with_a_bad_checkpoint_prints_one_line_and_exits_2(make_bad_che
     assert len(lines) == 1 and lines[0].strip(), result.stderr
     for fragment in case.fragments:
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+
+
+def test_the_program_keeps_its_output_and_exit_codes_although_it_skips_teardown():
+    """`llama-export` ends with os._exit (cli.run): the output written before it and the exit code of each
+    way out (return, one-line error) must survive it."""
+    from llama_export.config import SIZES
+
+    listed = subprocess.run([*CLI, "sizes", "--json"], check=False, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and [row["name"] for row in json.loads(listed.stdout)] == list(SIZES)
+    refused = subprocess.run([*CLI, "export", "--size", "nope"], check=False, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: unknown size 'nope'")
