@@ -1,8 +1,9 @@
 """Weights → `model.onnx.data`, one tensor at a time, overlapped with tracing.
 
 The data file does not depend on the graph (tensor names, shapes and order come from the checkpoint), so it is
-written by a background thread while the main thread traces and rewrites the graph (its weights are
-PendingWeight placeholders until then): wall time is max(trace + passes, read + write) rather than their sum.
+written in the background (a thread, or for big models a child process: stream_process.py) while the main
+thread traces and rewrites the graph (its weights are PendingWeight placeholders until then): wall time is
+max(trace + passes, read + write) rather than their sum.
 Within the stream, preparing tensor i+1 overlaps writing tensor i and hashing it (three threads; torch
 kernels, file writes and hashlib release the GIL). At most two converted tensors are alive at once, so memory is
 bounded by the largest tensor, not the model. The bytes are hashed on the way out (artifacts.remember_sha256),
