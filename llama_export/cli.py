@@ -329,13 +329,15 @@ def run() -> None:
     import logging
     import os
 
+    code = 0
     try:
         main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if exc.code is not None and not isinstance(exc.code, int):
+    except SystemExit as exc:  # sys.exit semantics: None is 0, an int is the code, anything else is printed, 1
+        if isinstance(exc.code, int) or exc.code is None:
+            code = exc.code or 0
+        else:
             click.echo(exc.code, err=True)
+            code = 1
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

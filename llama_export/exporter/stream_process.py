@@ -35,8 +35,8 @@ from .weights import Placement, Transform, stream_weights
 class ProcessWeightStreamer:
     def __init__(self, checkpoint: Checkpoint, dtype: torch.dtype, path: Path,
                  progress: Callable[[str], None] | None = None, transform: Transform | None = None):
-        self._job = (checkpoint, dtype, Path(path), transform)
         self._path, self._progress = Path(path), progress
+        self._job = (checkpoint, dtype, self._path, transform)
         self._process: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
         self._done: tuple[dict[str, Placement], str] | None = None

@@ -29,8 +29,6 @@ from .artifacts import remember_sha256
 from .checkpoints import Checkpoint, expected_shapes
 from .datafile import ALIGN, DataFile, aligned_empty
 
-# Offsets are page-aligned so runtimes can mmap each tensor in place (and so O_DIRECT can write them).
-ALIGNMENT = ALIGN
 IR_DTYPES = {torch.float32: ir.DataType.FLOAT, torch.float16: ir.DataType.FLOAT16,
              torch.bfloat16: ir.DataType.BFLOAT16, torch.int8: ir.DataType.INT8}
 # A transform maps one checkpoint tensor to the tensors the graph holds for it (graphs.quantize.WeightTransform:
@@ -74,7 +72,7 @@ def stream_weights(checkpoint: Checkpoint, dtype: torch.dtype, path: Path, stop:
                 job.result()  # bounded: one tensor in flight (written and hashed) while the next is prepared
             pads = []
             for out_name, converted in outputs:
-                pad = -offset % ALIGNMENT
+                pad = -offset % ALIGN  # page-aligned: runtimes mmap each tensor in place, O_DIRECT writes it
                 nbytes = converted.numel() * converted.element_size()
                 layout[out_name] = Placement(offset + pad, nbytes, tuple(converted.shape), converted.dtype)
                 offset += pad + nbytes
@@ -252,5 +250,5 @@ def is_meta(tensor) -> bool:
     return isinstance(raw, torch.Tensor) and raw.device.type == "meta"
 
 
-__all__ = ["ALIGNMENT", "PendingWeight", "Placement", "WeightStreamer", "attach", "embed_constants",
+__all__ = ["PendingWeight", "Placement", "WeightStreamer", "attach", "embed_constants",
            "mark_pending", "meta_initializer", "start_streamer", "stream_weights"]

@@ -238,18 +238,18 @@ def test_own_format_fingerprint_ignores_safetensors_header_key_order(tmp_path, t
 
 
 def test_uniform_init_has_the_init_std_and_does_not_depend_on_threads(monkeypatch):
-    from llama_export.exporter import random_init as checkpoints
+    from llama_export.exporter import random_init
 
-    shape = (3 * checkpoints.RANDOM_CHUNK // 1024 + 7, 1024)  # several chunks and a ragged last one
-    many = checkpoints.uniform_init(shape, seed=5)
-    monkeypatch.setattr(checkpoints.os, "cpu_count", lambda: 1)  # one thread fills every chunk in turn
-    assert torch.equal(checkpoints.uniform_init(shape, seed=5), many)
-    assert not torch.equal(checkpoints.uniform_init(shape, seed=6), many)
-    bound = 3 ** 0.5 * checkpoints.INIT_STD
+    shape = (3 * random_init.RANDOM_CHUNK // 1024 + 7, 1024)  # several chunks and a ragged last one
+    many = random_init.uniform_init(shape, seed=5)
+    monkeypatch.setattr(random_init.os, "cpu_count", lambda: 1)  # one thread fills every chunk in turn
+    assert torch.equal(random_init.uniform_init(shape, seed=5), many)
+    assert not torch.equal(random_init.uniform_init(shape, seed=6), many)
+    bound = 3 ** 0.5 * random_init.INIT_STD
     assert float(many.abs().max()) <= bound * (1 + 1e-6)  # fp32 rounding of the bound
-    assert abs(float(many.std()) - checkpoints.INIT_STD) < 1e-4 and abs(float(many.mean())) < 1e-4
+    assert abs(float(many.std()) - random_init.INIT_STD) < 1e-4 and abs(float(many.mean())) < 1e-4
     flat = many.reshape(-1)
-    first, second = flat[: checkpoints.RANDOM_CHUNK], flat[checkpoints.RANDOM_CHUNK: 2 * checkpoints.RANDOM_CHUNK]
+    first, second = flat[: random_init.RANDOM_CHUNK], flat[random_init.RANDOM_CHUNK: 2 * random_init.RANDOM_CHUNK]
     assert not torch.equal(first, second)  # each chunk draws from its own stream
 
 
