@@ -21,6 +21,7 @@ from ..errors import UserError
 from . import compare, gate
 
 BISECT_MODES = ("auto", "always", "never")
+LAYER_MAJOR_MODES = ("auto", "always", "never")
 DEFAULT_STEPS, DEFAULT_PROMPT_TOKENS = 32, 64
 _RANDOM_INIT = re.compile(r"random-init seed=(-?\d+)")
 
@@ -94,17 +95,51 @@ def noise_dtype(artifacts):
     return {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[kv]
 
 
+
+def plan_validation(artifacts, layer_major: str = "auto") -> dict:
+    """How to validate within memory: {"split": SplitGraph or None (whole model), "why": str, "memory": dict}.
+    Refuses (UserError, one line) when neither way fits the memory limit."""
+    from .. import memory
+    from .blocks import split_graph
+
+    args, limit = artifacts.args, memory.memory_limit()
+    whole, streamed = memory.whole_validation_need(args), memory.streamed_validation_need(args)
+    record = {"limit_bytes": limit.bytes, "limit_source": limit.source, "whole_need_bytes": whole.bytes,
+              "layer_major_need_bytes": streamed.bytes}
+    if layer_major == "never" or (layer_major == "auto" and whole.fits(limit)):
+        if not whole.fits(limit):
+            raise UserError(whole.shortfall(limit, "validate layer-major instead (--layer-major auto)"))
+        return {"split": None, "why": "the whole model fits in memory", "memory": record}
+    if not streamed.fits(limit):
+        raise UserError(streamed.shortfall(limit, "free memory, raise the limit, or skip it with --no-validate"))
+    try:
+        split = split_graph(artifacts.model_path, args.n_layers)
+    except LookupError as exc:
+        if layer_major == "auto":
+            raise UserError(f"{whole.shortfall(limit, 'and')} the graph cannot be validated layer-major ({exc}); "
+                            "export with --target none or onnx, or free memory") from None
+        raise UserError(f"--layer-major always: this graph cannot be cut per block ({exc}); use --layer-major "
+                        "never") from None
+    why = ("asked for (--layer-major always)" if layer_major == "always" else
+           f"the whole model does not fit: {whole.shortfall(limit, 'one block at a time instead')}")
+    return {"split": split, "why": why, "memory": record}
+
+
 def validate_build(folder: str | Path, steps: int = DEFAULT_STEPS, prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
                    bisect: str = "auto", checkpoint: str | Path | None = None, write: bool = True,
-                   progress: Callable[[str], None] | None = None) -> Report:
-    """Validate an exported folder; writes DIR/report/ (report.json, report.html, plots) when `write`."""
+                   progress: Callable[[str], None] | None = None, layer_major: str = "auto") -> Report:
+    """Validate an exported folder; writes DIR/report/ (report.json, report.html, plots) when `write`.
+
+    layer_major: "never" runs the whole model per side (greedy reference, free-running generation), "always"
+    the layer-major pass (streamed.py: one block in memory at a time), "auto" the whole model when the memory
+    plan (memory.py) says it fits, else layer-major."""
     from ..exporter.artifacts import library_versions, load_manifest, tool_info
-    from ..exporter.checkpoints import load_model
-    from .layers import TorchLayerRunner, ort_layer_runner
-    from .runners import OrtRunner, TorchRunner
+    from . import streamed
 
     if bisect not in BISECT_MODES:
         raise UserError(f"bisect must be one of {', '.join(BISECT_MODES)}, not {bisect!r}")
+    if layer_major not in LAYER_MAJOR_MODES:
+        raise UserError(f"layer_major must be one of {', '.join(LAYER_MAJOR_MODES)}, not {layer_major!r}")
     if steps < 0 or prompt_tokens < 2:
         raise UserError("--steps must be ≥ 0 and the prompt at least 2 tokens")
     say = progress or (lambda _message: None)
@@ -112,7 +147,8 @@ def validate_build(folder: str | Path, steps: int = DEFAULT_STEPS, prompt_tokens
     precision, args = artifacts.precision, artifacts.args
     gate.tolerance_for(precision)  # an unknown precision fails before any work
     ckpt = reference_checkpoint(artifacts, checkpoint)
-    prompt, inputs = choose_prompt(artifacts, prompt_tokens)
+    plan = plan_validation(artifacts, layer_major)
+    split = plan["split"]
     timings: dict[str, float] = {}
 
     def timed(name: str, work: Callable):
@@ -122,31 +158,19 @@ def validate_build(folder: str | Path, steps: int = DEFAULT_STEPS, prompt_tokens
         timings[name] = round(time.perf_counter() - start, 3)
         return result
 
-    def torch_side(dtype):  # loaded, run and dropped inside one call: one copy of the weights at a time
-        runner = TorchLayerRunner(TorchRunner(load_model(ckpt, dtype)))
-        return runner
-
-    import torch
-
-    reference, forced = timed("reference (torch fp32)", lambda: compare.reference_run(
-        torch_side(torch.float32), prompt, steps, capture_layers=True))
-    gc.collect()
     dtype = noise_dtype(artifacts)
-    noise = noise_free = None
-    if dtype is not None:
-        def run_noise():
-            runner = torch_side(dtype)
-            return compare.forced_run(runner, prompt, forced, True), compare.free_running(runner, prompt, steps)
-
-        noise, noise_free = timed(f"noise floor (torch {str(dtype).removeprefix('torch.')})", run_noise)
-        gc.collect()
-
-    def run_candidate():
-        runner = OrtRunner(artifacts.model_path, args)
-        return compare.forced_run(runner, prompt, forced), compare.free_running(runner, prompt, steps)
-
-    candidate, candidate_free = timed("candidate (onnxruntime)", run_candidate)
-    gc.collect()
+    if split is not None:
+        ids, inputs = choose_prompt(artifacts, prompt_tokens + steps)
+        prompt, forced = ids[:prompt_tokens], ids[prompt_tokens:]
+        inputs["forced"] = "the text's next tokens (layer-major: greedy decoding would need every layer per token)"
+        traces = timed("layer-major pass (torch + onnxruntime, one block at a time)", lambda: streamed.streamed_traces(
+            ckpt, split, artifacts.folder, prompt, forced, dtype, say))
+        reference, candidate, noise = traces["reference"], traces["candidate"], traces.get("noise")
+        noise_free = candidate_free = None
+    else:
+        prompt, inputs = choose_prompt(artifacts, prompt_tokens)
+        reference, forced, noise, noise_free, candidate, candidate_free = _whole_model_sides(
+            artifacts, ckpt, prompt, steps, dtype, timed)
 
     result = compare.compare_logits(reference, candidate, prompt)
     noise_result = compare.compare_logits(reference, noise, prompt) if noise is not None else None
@@ -155,15 +179,19 @@ def validate_build(folder: str | Path, steps: int = DEFAULT_STEPS, prompt_tokens
     passed = all(c.passed for c in checks)
 
     layers = None
-    if bisect == "always" or (bisect == "auto" and not passed):
+    if split is not None and bisect != "never":  # the per-layer errors are a by-product of the pass
+        layers = layer_section(args, precision, reference, candidate, noise, split.hidden_names[1:])
+    elif split is None and (bisect == "always" or (bisect == "auto" and not passed)):
         layers = timed("layer bisection (onnxruntime)", lambda: _bisect(
-            artifacts, args, precision, prompt, forced, reference, noise, ort_layer_runner))
+            artifacts, args, precision, prompt, forced, reference, noise))
 
+    free_note = None if split is None else "not run: free-running generation needs the whole model in memory"
     data = {
         "schema": "llama-export/validate-report/1",
         "passed": passed,
         "folder": str(Path(folder).absolute()),
         "precision": precision,
+        "mode": {"layer_major": split is not None, "why": plan["why"], "memory": plan["memory"]},
         "candidate": {"runner": "onnxruntime (CPUExecutionProvider)", "model": str(artifacts.model_path)},
         "reference": {"runner": "torch fp32", "checkpoint": ckpt.description,
                       "fingerprint": artifacts.manifest.get("checkpoint", {}).get("fingerprint")},
@@ -179,9 +207,11 @@ def validate_build(folder: str | Path, steps: int = DEFAULT_STEPS, prompt_tokens
             "dtype": str(dtype).removeprefix("torch."), "overall": noise_result["overall"],
             "per_step": noise_result["per_step"], "per_position": noise_result["per_position"],
             "perplexity": noise_result["perplexity"],
-            "free_running_first_divergence": compare.first_divergence(forced, noise_free)},
+            "free_running_first_divergence": None if noise_free is None else compare.first_divergence(
+                forced, noise_free)},
         "free_running": {"steps": steps, "reference_tokens": forced, "candidate_tokens": candidate_free,
-                         "first_divergence": compare.first_divergence(forced, candidate_free)},
+                         "first_divergence": None if candidate_free is None else compare.first_divergence(
+                             forced, candidate_free), "note": free_note},
         "layers": layers,
         "timings_s": timings,
         "versions": {"tool": tool_info(), "libraries": library_versions(), "numpy": np.__version__,
@@ -195,15 +225,41 @@ def validate_build(folder: str | Path, steps: int = DEFAULT_STEPS, prompt_tokens
     return report
 
 
-def _bisect(artifacts, args, precision, prompt, forced, reference, noise, ort_layer_runner) -> dict:
-    """Per-layer relative error of the ORT graph's block outputs vs Torch, and the layer where it jumps."""
-    try:
-        runner, tensors = ort_layer_runner(artifacts.model_path, args)
-    except LookupError as exc:
-        return {"available": False, "reason": f"layer outputs not found in the graph: {exc}"}
-    candidate = compare.forced_run(runner, prompt, forced, capture_layers=True)
-    del runner
+def _whole_model_sides(artifacts, ckpt, prompt, steps, dtype, timed):
+    """Each side's whole model, one side in memory at a time: the fp32 reference decodes greedily (the forced
+    token stream), then the Torch model in the candidate's dtype (the noise floor), then the ORT candidate."""
+    import torch
+
+    from ..exporter.checkpoints import load_model
+    from .layers import TorchLayerRunner
+    from .runners import OrtRunner, TorchRunner
+
+    def torch_side(torch_dtype):
+        return TorchLayerRunner(TorchRunner(load_model(ckpt, torch_dtype)))
+
+    reference, forced = timed("reference (torch fp32)", lambda: compare.reference_run(
+        torch_side(torch.float32), prompt, steps, capture_layers=True))
     gc.collect()
+    noise = noise_free = None
+    if dtype is not None:
+        def run_noise():
+            runner = torch_side(dtype)
+            return compare.forced_run(runner, prompt, forced, True), compare.free_running(runner, prompt, steps)
+
+        noise, noise_free = timed(f"noise floor (torch {str(dtype).removeprefix('torch.')})", run_noise)
+        gc.collect()
+
+    def run_candidate():
+        runner = OrtRunner(artifacts.model_path, artifacts.args)
+        return compare.forced_run(runner, prompt, forced), compare.free_running(runner, prompt, steps)
+
+    candidate, candidate_free = timed("candidate (onnxruntime)", run_candidate)
+    gc.collect()
+    return reference, forced, noise, noise_free, candidate, candidate_free
+
+
+def layer_section(args, precision, reference, candidate, noise, tensors) -> dict:
+    """Per-layer relative error of the candidate's block outputs vs Torch, and the layer where it jumps."""
     errors = compare.compare_layers(reference, candidate)
     noise_errors = compare.compare_layers(reference, noise) if noise is not None else None
     limits = gate.layer_limits(precision, noise_errors, args.n_layers)
@@ -212,4 +268,19 @@ def _bisect(artifacts, args, precision, prompt, forced, reference, noise, ort_la
             "measure": "relative RMS error ‖cand − ref‖ / ‖ref‖ of each decoder block's output, all positions"}
 
 
-__all__ = ["BISECT_MODES", "Report", "choose_prompt", "noise_dtype", "reference_checkpoint", "validate_build"]
+def _bisect(artifacts, args, precision, prompt, forced, reference, noise) -> dict:
+    """The whole-model bisection: a second ORT run with every block's output exposed."""
+    from .layers import ort_layer_runner
+
+    try:
+        runner, tensors = ort_layer_runner(artifacts.model_path, args)
+    except LookupError as exc:
+        return {"available": False, "reason": f"layer outputs not found in the graph: {exc}"}
+    candidate = compare.forced_run(runner, prompt, forced, capture_layers=True)
+    del runner
+    gc.collect()
+    return layer_section(args, precision, reference, candidate, noise, tensors)
+
+
+__all__ = ["BISECT_MODES", "LAYER_MAJOR_MODES", "Report", "choose_prompt", "noise_dtype", "plan_validation",
+           "reference_checkpoint", "validate_build"]

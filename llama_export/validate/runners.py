@@ -116,6 +116,15 @@ WEIGHT_ONLY_INT8 = {"session.qdq_matmulnbits_accuracy_level": "0"}
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
+def ort_numpy_dtype(ort_type: str) -> np.dtype:
+    """The numpy dtype of an ORT type string such as 'tensor(float16)'."""
+    if ort_type == "tensor(bfloat16)":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(_ORT_DTYPES[ort_type])
+
+
 class OrtRunner:
     """An exported model in ONNX Runtime (CPU). `graph_optimization_level` lets tests turn ORT's fusions off.
 
@@ -147,13 +156,7 @@ class OrtRunner:
         self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.args = args
         types = {i.name: i.type for i in self.session.get_inputs()}
-        kv_type = types[io_spec.past_key(0)]
-        if kv_type == "tensor(bfloat16)":
-            import ml_dtypes
-
-            self.kv_dtype = np.dtype(ml_dtypes.bfloat16)
-        else:
-            self.kv_dtype = np.dtype(_ORT_DTYPES[kv_type])
+        self.kv_dtype = ort_numpy_dtype(types[io_spec.past_key(0)])
         self._inputs = [i.name for i in self.session.get_inputs()]
         self._outputs = [o.name for o in self.session.get_outputs()]
 

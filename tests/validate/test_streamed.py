@@ -1,0 +1,124 @@
+"""Layer-major (streamed) validation gives the metrics of the whole-model comparison on the same token stream.
+
+Tolerance: in fp32 both ways compute the same thing and agree to float rounding (logits within 1e-5, metrics
+equal to 1e-6 relative). In fp16 the Torch sides still agree exactly, but the ORT candidate rounds the hidden
+state to fp16 at every block boundary, where ORT running the whole graph keeps it in fp32 between the casts it
+inserts on CPU; the two candidate runs then differ by about as much as the candidate differs from the
+reference. The stated tolerance: top-1 equal, and KL and perplexity Δ of the two ways differ by less than the
+fp16 noise floor's own KL and perplexity Δ (the difference fp16 itself makes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llama_export.exporter.artifacts import load_manifest
+from llama_export.exporter.checkpoints import RandomCheckpoint, load_model
+from llama_export.exporter.export import export_to_folder
+from llama_export.validate import compare, pipeline
+from llama_export.validate.blocks import split_graph
+from llama_export.validate.layers import TorchLayerRunner, ort_layer_runner
+from llama_export.validate.runners import TorchRunner
+from llama_export.validate.streamed import streamed_traces
+
+
+def whole_and_streamed(folder, prompt_tokens=12, steps=6):
+    artifacts = load_manifest(folder)
+    ckpt = pipeline.reference_checkpoint(artifacts)
+    ids, _ = pipeline.choose_prompt(artifacts, prompt_tokens + steps)
+    prompt, forced = ids[:prompt_tokens], ids[prompt_tokens:]
+    dtype = pipeline.noise_dtype(artifacts)
+    split = split_graph(artifacts.model_path, artifacts.args.n_layers)
+    streamed = streamed_traces(ckpt, split, artifacts.folder, prompt, forced, dtype)
+    whole = {"reference": compare.forced_run(TorchLayerRunner(TorchRunner(load_model(ckpt))), prompt, forced, True)}
+    if dtype is not None:
+        whole["noise"] = compare.forced_run(TorchLayerRunner(TorchRunner(load_model(ckpt, dtype))), prompt, forced,
+                                            True)
+    runner, _ = ort_layer_runner(artifacts.model_path, artifacts.args)
+    whole["candidate"] = compare.forced_run(runner, prompt, forced, True)
+    return prompt, whole, streamed
+
+
+def assert_agree(folder):
+    prompt, whole, streamed = whole_and_streamed(folder)
+    for side in whole:
+        if side != "candidate" or pipeline.noise_dtype(load_manifest(folder)) is None:
+            np.testing.assert_allclose(streamed[side].logits, whole[side].logits, atol=1e-5, rtol=0)
+            for s, w in zip(streamed[side].layers, whole[side].layers):
+                np.testing.assert_allclose(s, w, atol=1e-5, rtol=0)
+    ways = {name: compare.compare_logits(t["reference"], t["candidate"], prompt) for name, t in
+            (("whole", whole), ("streamed", streamed))}
+    layer_errors = {name: compare.compare_layers(t["reference"], t["candidate"]) for name, t in
+                    (("whole", whole), ("streamed", streamed))}
+    w, s = ways["whole"], ways["streamed"]
+    if "noise" not in whole:
+        for metric, value in w["overall"].items():
+            assert s["overall"][metric] == pytest.approx(value, rel=1e-6, abs=1e-12), metric
+        assert s["perplexity"]["candidate"] == pytest.approx(w["perplexity"]["candidate"], rel=1e-6)
+        assert layer_errors["streamed"] == pytest.approx(layer_errors["whole"], rel=1e-6)
+    else:
+        noise = compare.compare_logits(whole["reference"], whole["noise"], prompt)
+        assert s["overall"]["top1"] == w["overall"]["top1"]
+        assert abs(s["overall"]["kl"] - w["overall"]["kl"]) < noise["overall"]["kl"]
+        assert abs(s["perplexity"]["delta"] - w["perplexity"]["delta"]) < noise["perplexity"]["delta"]
+        noise_layers = compare.compare_layers(whole["reference"], whole["noise"])
+        for a, b, n in zip(layer_errors["streamed"], layer_errors["whole"], noise_layers):
+            assert abs(a - b) < n
+
+
+def test_streamed_matches_whole_fp32(fp32_dir):
+    assert_agree(fp32_dir)
+
+
+def test_streamed_matches_whole_fp16(fp16_dir):
+    assert_agree(fp16_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_streamed_matches_whole_small(tmp_path, precision):
+    from llama_export.config import SIZES
+
+    folder = export_to_folder(RandomCheckpoint(SIZES["small"], 0), tmp_path / precision, precision, quiet=True)
+    assert_agree(folder)
+
+
+def test_validate_layer_major_report(fp16_dir, tmp_path, monkeypatch):
+    """Under a memory limit too small for the whole model, `auto` validates layer-major and says why; the
+    report has the bisection from the same pass and no free-running generation."""
+    from llama_export import memory
+
+    args = load_manifest(fp16_dir).args
+    between = (memory.whole_validation_need(args).bytes + memory.streamed_validation_need(args).bytes) // 2
+    assert memory.streamed_validation_need(args).bytes < between
+    monkeypatch.setenv(memory.LIMIT_ENV, str(between))
+    report = pipeline.validate_build(fp16_dir, steps=4, prompt_tokens=8, write=False)
+    assert report.data["mode"]["layer_major"] is True
+    assert "does not fit" in report.data["mode"]["why"]
+    assert report.passed
+    assert report.data["layers"]["available"] and len(report.data["layers"]["errors"]) == args.n_layers
+    assert report.data["free_running"]["candidate_tokens"] is None
+    assert "whole model" in report.data["free_running"]["note"]
+
+
+def test_validate_refuses_under_tiny_limit(fp16_dir, monkeypatch):
+    from llama_export import memory
+    from llama_export.errors import UserError
+
+    monkeypatch.setenv(memory.LIMIT_ENV, "1M")
+    with pytest.raises(UserError, match=r"layer-major validation needs ~.* GB .* limit is 0\.0 GB"):
+        pipeline.validate_build(fp16_dir, steps=2, prompt_tokens=4, write=False)
+
+
+def test_ort_target_does_not_split(tmp_path):
+    """The ort target fuses each block's residual Add into the next block's norm: no clean cut."""
+    from llama_export.config import SIZES
+
+    folder = export_to_folder(RandomCheckpoint(SIZES["tiny"], 0), tmp_path / "ort", "fp32", target="ort",
+                              quiet=True)
+    with pytest.raises(LookupError, match="do not separate"):
+        split_graph(folder / "model.onnx", SIZES["tiny"].n_layers)
+
+
+
