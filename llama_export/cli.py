@@ -215,9 +215,12 @@ def triton(folder, repo, name, instances):
               help="Per-layer bisection: auto runs it when the gate fails.")
 @click.option("--checkpoint", type=click.Path(path_type=Path),
               help="The weights FOLDER was exported from (default: what its manifest names).")
+@click.option("--layer-major", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
+              help="One decoder block in memory at a time (teacher-forced only); auto: when the whole model "
+                   "does not fit in memory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress messages.")
-def validate(folder, steps, prompt_tokens, bisect, checkpoint, as_json, quiet):
+def validate(folder, steps, prompt_tokens, bisect, checkpoint, layer_major, as_json, quiet):
     """Compare an exported FOLDER with the Torch reference over prefill + decode; exit 1 if the gate fails.
 
     Writes FOLDER/report/report.json and report.html."""
@@ -225,7 +228,7 @@ def validate(folder, steps, prompt_tokens, bisect, checkpoint, as_json, quiet):
 
     progress = None if quiet else (lambda stage: click.echo(f"validate: {stage}", err=True))
     report = validate_build(folder, steps=steps, prompt_tokens=prompt_tokens, bisect=bisect,
-                            checkpoint=checkpoint, progress=progress)
+                            checkpoint=checkpoint, progress=progress, layer_major=layer_major)
     summary = report.summary()
     if as_json:
         click.echo(json.dumps(summary, indent=2))

@@ -111,7 +111,7 @@ def plan_validation(artifacts, layer_major: str = "auto") -> dict:
             raise UserError(whole.shortfall(limit, "validate layer-major instead (--layer-major auto)"))
         return {"split": None, "why": "the whole model fits in memory", "memory": record}
     if not streamed.fits(limit):
-        raise UserError(streamed.shortfall(limit, "free memory, raise the limit, or skip it with --no-validate"))
+        raise UserError(streamed.shortfall(limit, "free memory or raise the limit (build: --no-validate skips validation)"))
     try:
         split = split_graph(artifacts.model_path, args.n_layers)
     except LookupError as exc:
