@@ -137,7 +137,8 @@ def export(size, checkpoint, random_init, seed, precision, opset, target, out, q
 @main.command()
 @click.argument("folder", required=False, type=click.Path(path_type=Path))
 @model_options
-@click.option("--prompt", required=True, help="Text to continue.")
+@click.option("--prompt", "prompts", required=True, multiple=True,
+              help="Text to continue; repeat it to run several prompts as one batch (printed in order).")
 @click.option("--max-new-tokens", type=click.IntRange(min=0), default=64, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="0 is greedy decoding.")
@@ -146,12 +147,15 @@ def export(size, checkpoint, random_init, seed, precision, opset, target, out, q
 @click.option("--tokenizer", type=click.Path(path_type=Path), help="tokenizer.model (default: next to the weights).")
 @click.option("--backend", type=click.Choice(["torch", "ort"]), default=None,
               help="torch (default; the reference model) or ort (ONNX Runtime on an exported FOLDER).")
-def generate(folder, size, checkpoint, random_init, seed, prompt, max_new_tokens, temperature, top_p, sample_seed,
+def generate(folder, size, checkpoint, random_init, seed, prompts, max_new_tokens, temperature, top_p, sample_seed,
              tokenizer, backend):
-    """Continue a prompt, streaming tokens to stdout. FOLDER: an exported output folder (runs with --backend ort)."""
+    """Continue a prompt, streaming tokens to stdout (several prompts: one batch, each printed when done).
+    FOLDER: an exported output folder (runs with --backend ort)."""
     from .exporter.sources import TINY_ASSET
     from .exporter.tokenizer import Tokenizer, find_tokenizer
-    from .validate.generation import Sampling, generate_tokens
+    from .triton.streaming import TextStreamer
+    from .validate.batching import Sequence, generate_batch
+    from .validate.generation import Sampling
 
     if folder is not None:
         runner, tokenizer_path, args, what = _folder_runner(folder, backend or "ort", size, checkpoint, random_init)
@@ -173,19 +177,26 @@ def generate(folder, size, checkpoint, random_init, seed, prompt, max_new_tokens
     if tok.vocab_size > args.vocab_size:
         raise UserError(f"tokenizer {tok.path} has {tok.vocab_size} tokens but the model only "
                         f"{args.vocab_size}; pass the model's own tokenizer")
-    ids = tok.encode(prompt)
-    click.echo(prompt, nl=False)
-    produced: list[int] = []
-    shown = ""
-    stream = generate_tokens(runner, ids, max_new_tokens, Sampling(temperature, top_p, sample_seed),
-                             stop_ids=frozenset({tok.eos_id}), max_length=args.max_seq_len)
-    for token in stream:
-        produced.append(token)
-        # Decode the whole continuation each time: SentencePiece pieces only read right in context.
-        text = tok.decode(ids[1:] + produced)[len(tok.decode(ids[1:])):]
-        click.echo(text[len(shown):], nl=False)
-        shown = text
-    click.echo()
+    sampling = Sampling(temperature, top_p, sample_seed)
+    sequences = [Sequence(tok.encode(p), max_new_tokens, sampling, frozenset({tok.eos_id}), args.max_seq_len)
+                 for p in prompts]
+    # Decode whole continuations (TextStreamer): SentencePiece pieces only read right in context.
+    streamers = {id(s): TextStreamer(tok.decode, s.prompt_ids) for s in sequences}
+    streaming = len(prompts) == 1
+    if streaming:
+        click.echo(prompts[0], nl=False)
+
+    def show(update):
+        if update.token is not None:
+            text = streamers[id(update.sequence)].push(update.token)
+            if streaming:
+                click.echo(text, nl=False)
+
+    generate_batch(runner, sequences, on_update=show)
+    for prompt, sequence in zip(prompts, sequences):
+        streamer = streamers[id(sequence)]
+        tail = streamer.finish()
+        click.echo(tail if streaming else prompt + streamer.emitted)
 
 
 @main.command()

@@ -1,0 +1,141 @@
+"""The batched KV loop against batch-1 generation (generate_tokens over KVSession), tiny model, fp32, greedy:
+staggered joins (shorter and longer prompts than the batch's width), leaves at different steps (stop ids,
+max_new_tokens, the context limit, cancellation), one runner call per step."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import tiny_checkpoint
+
+from llama_export import io_spec
+from llama_export.exporter.artifacts import load_manifest
+from llama_export.exporter.checkpoints import load_model
+from llama_export.exporter.tokenizer import Tokenizer
+from llama_export.validate.batching import BatchedGeneration, Sequence, generate_batch
+from llama_export.validate.generation import Sampling, generate_tokens
+from llama_export.validate.runners import OrtRunner, TorchRunner
+
+TEXTS = ["The for statement", "x", "Dictionaries are sometimes found in other languages as associative memories",
+         "def f(", "The while loop executes as long as the condition", "import"]
+
+
+class CountingRunner:
+    """The real runner, counting calls and the batch size of each (one call per step is the contract)."""
+
+    def __init__(self, runner):
+        self.runner, self.name, self.args, self.kv_dtype = runner, runner.name, runner.args, runner.kv_dtype
+        self.batches: list[int] = []
+
+    def run(self, feeds):
+        self.batches.append(feeds[io_spec.INPUT_IDS].shape[0])
+        return self.runner.run(feeds)
+
+
+@pytest.fixture(scope="module", params=["ort", "torch"])
+def runner(request, fp32_dir):
+    if request.param == "ort":
+        built = load_manifest(fp32_dir)
+        yield OrtRunner(built.model_path, built.args)
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small batch-1 steps: more threads only add synchronisation on a shared machine
+    yield TorchRunner(load_model(tiny_checkpoint()).eval())
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def prompts(fp32_dir):
+    tokenizer = Tokenizer(load_manifest(fp32_dir).tokenizer_path)
+    return [tokenizer.encode(text) for text in TEXTS], tokenizer.eos_id
+
+
+def _reference(runner, sequence: Sequence) -> list[int]:
+    return list(generate_tokens(runner, sequence.prompt_ids, sequence.max_new_tokens, sequence.sampling,
+                                sequence.stop_ids, sequence.max_length))
+
+
+def test_staggered_joins_and_leaves_equal_batch_1(runner, prompts):
+    ids, eos = prompts
+    budgets = [24, 5, 18, 30, 9, 14]
+    sequences = [Sequence(p, n, stop_ids=frozenset({eos})) for p, n in zip(ids, budgets)]
+    sequences[3].max_length = len(ids[3]) + 11  # the context limit ends this one before max_new_tokens
+    references = [_reference(runner, s) for s in sequences]
+    # A stop id that the reference meets mid-way: that sequence leaves early, without emitting it.
+    stop_at = references[2][7]
+    sequences[2].stop_ids = frozenset({eos, stop_at})
+    references[2] = references[2][:references[2].index(stop_at)]
+
+    counting = CountingRunner(runner)
+    batch = BatchedGeneration(counting)
+    schedule = {0: [0, 1], 2: [2], 3: [3, 4], 6: [5]}  # step -> sequences joining before it
+    cancel_at, cancelled = 8, sequences[0]
+    step, widths = 0, []
+    while step in schedule or batch.rows or step < max(schedule):
+        for index in schedule.get(step, []):
+            batch.join(sequences[index])
+        if step == cancel_at:
+            batch.cancel(cancelled)
+        calls = len(counting.batches)
+        live = batch.batch_size
+        # The cache is exactly as wide as its longest row (the pending tokens are not in it yet).
+        assert batch.columns == max((s.length - 1 for s in batch.rows), default=0)
+        widths.append(batch.columns)
+        batch.step()
+        assert len(counting.batches) - calls == (1 if live else 0), "one runner call per step"
+        if live:
+            assert counting.batches[-1] == live
+        step += 1
+
+    for index, (sequence, expected) in enumerate(zip(sequences, references)):
+        if sequence is cancelled:
+            assert sequence.finish_reason == "cancelled"
+            assert sequence.tokens == expected[:len(sequence.tokens)] and 0 < len(sequence.tokens) < len(expected)
+        else:
+            assert sequence.tokens == expected, f"sequence {index} ({sequence.finish_reason})"
+    assert sequences[2].finish_reason == "stop" and sequences[3].finish_reason == "length"
+    assert len(sequences[3].tokens) == 11 < sequences[3].max_new_tokens
+    assert batch.rows == [] and batch.columns == 0, "every sequence left and freed its row"
+    assert widths[3] == len(ids[2]) + 1 > widths[2], "a longer newcomer widens the batch"
+
+
+def test_generate_batch_with_fewer_rows_than_sequences(runner, prompts):
+    ids, eos = prompts
+    sampling = Sampling(temperature=0.8, top_p=0.9, seed=3)  # each row has its own seeded generator
+    sequences = [Sequence(p, 12, sampling if i % 2 else Sampling(), frozenset({eos})) for i, p in enumerate(ids)]
+    streamed: dict[int, list[int]] = {}
+    generate_batch(runner, sequences, max_batch=4,
+                   on_update=lambda u: u.token is not None and streamed.setdefault(id(u.sequence), []).append(u.token))
+    for sequence in sequences:
+        assert sequence.tokens == _reference(runner, sequence)
+        assert streamed.get(id(sequence), []) == sequence.tokens
+
+
+def test_rows_leave_and_the_cache_shrinks(runner, prompts):
+    ids, _ = prompts
+    long, short = Sequence(ids[2], 3), Sequence(ids[1], 10)
+    batch = BatchedGeneration(runner)
+    batch.join(long)
+    batch.join(short)
+    assert batch.columns == len(ids[2]) and batch.mask[1].sum() == len(ids[1])
+    for _ in range(2):
+        batch.step()
+    assert long.finished and batch.rows == [short]
+    assert batch.columns == short.length - 1, "all-padding columns are trimmed when the longest row leaves"
+    assert next(iter(batch.past.values())).shape[0] == 1
+    zero = Sequence(ids[0], 0)
+    assert batch.join(zero).token is None and zero.finish_reason == "length" and batch.rows == [short]
+
+
+def test_cli_generate_runs_several_prompts_as_one_batch(fp32_dir):
+    from click.testing import CliRunner
+
+    from llama_export.cli import main
+
+    options = [str(fp32_dir), "--backend", "ort", "--max-new-tokens", "12"]
+    alone = [CliRunner().invoke(main, ["generate", *options, "--prompt", text]) for text in TEXTS[:3]]
+    together = CliRunner().invoke(main, ["generate", *options, *(a for t in TEXTS[:3] for a in ("--prompt", t))])
+    assert together.exit_code == 0 and all(r.exit_code == 0 for r in alone), together.output
+    assert together.output == "".join(r.output for r in alone)
+    assert all(r.output.startswith(text) and len(r.output) > len(text) + 1 for r, text in zip(alone, TEXTS))
