@@ -5,7 +5,6 @@ max_new_tokens, the context limit, cancellation), one runner call per step."""
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_checkpoint
 
 from llama_export import io_spec
 from llama_export.exporter.artifacts import load_manifest
@@ -13,6 +12,7 @@ from llama_export.exporter.checkpoints import load_model
 from llama_export.exporter.tokenizer import Tokenizer
 from llama_export.validate.batching import BatchedGeneration, Sequence, generate_batch
 from llama_export.validate.generation import Sampling, generate_tokens
+from llama_export.validate.pipeline import reference_checkpoint
 from llama_export.validate.runners import OrtRunner, TorchRunner
 
 TEXTS = ["The for statement", "x", "Dictionaries are sometimes found in other languages as associative memories",
@@ -33,15 +33,15 @@ class CountingRunner:
 
 @pytest.fixture(scope="module", params=["ort", "torch"])
 def runner(request, fp32_dir):
+    built = load_manifest(fp32_dir)
     if request.param == "ort":
-        built = load_manifest(fp32_dir)
         yield OrtRunner(built.model_path, built.args)
         return
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small batch-1 steps: more threads only add synchronisation on a shared machine
-    yield TorchRunner(load_model(tiny_checkpoint()).eval())
+    yield TorchRunner(load_model(reference_checkpoint(built)).eval())
     torch.set_num_threads(threads)
 
 
