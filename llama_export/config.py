@@ -121,6 +121,11 @@ def get_size(name: str) -> ModelArgs:
     return SIZES[key]
 
 
+def size_name(args: ModelArgs) -> str | None:
+    """The named size whose hyper-parameters `args` are exactly, if any."""
+    return next((name for name, known in SIZES.items() if known == args), None)
+
+
 def size_summary(name: str, args: ModelArgs) -> dict:
     return {
         "name": name,
@@ -139,4 +144,4 @@ def size_summary(name: str, args: ModelArgs) -> dict:
     }
 
 
-__all__ = ["ALIASES", "SIZES", "ModelArgs", "RopeScaling", "get_size", "size_summary"]
+__all__ = ["ALIASES", "SIZES", "ModelArgs", "RopeScaling", "get_size", "size_name", "size_summary"]

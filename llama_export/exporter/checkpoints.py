@@ -79,6 +79,16 @@ class Checkpoint:
         """sha256 identifying the weights (recorded in the manifest)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement fingerprint()")
 
+    def source(self) -> dict:
+        """Where the weights come from, as data a later command reopens (sources.reopen_source): {"format":
+        "hf"|"meta"|"own"|"builtin"|"random", "path": absolute folder, or "size"/"seed" for random weights}."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement source()")
+
+    def manifest_record(self) -> dict:
+        """The manifest's `checkpoint` entry: the source, its fingerprint, and a description for display only
+        (never parsed: the source is reopened from the fields)."""
+        return {**self.source(), "fingerprint": self.fingerprint(), "description": self.description}
+
     def state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         return {n: (t if dtype is None else t.to(dtype)) for n, t in self.iter_tensors()}
 
@@ -289,6 +299,13 @@ class SafetensorsCheckpoint(Checkpoint):
 
     def fingerprint(self) -> str:
         return safetensors_content_sha256(self.path)
+
+    def source(self) -> dict:
+        from .sources import TINY_ASSET  # the asset moves with the installed package: reopened from there
+
+        if self.folder.resolve() == TINY_ASSET.resolve():
+            return {"format": "builtin", "size": "tiny", "path": str(TINY_ASSET)}
+        return {"format": "own", "path": str(self.folder.resolve())}
 
 
 def save_checkpoint(state_dict: dict[str, torch.Tensor], args: ModelArgs, folder: Path,

@@ -25,7 +25,7 @@ import onnx_ir as ir
 import torch
 
 from .. import io_spec
-from ..config import SIZES, ModelArgs
+from ..config import SIZES, ModelArgs, size_name
 from ..errors import UserError
 from .checkpoints import Checkpoint
 from .model import Transformer, rope_inv_freq
@@ -302,9 +302,9 @@ def manifest_content(checkpoint: Checkpoint, precision: str, opset: int, result:
     extra = {} if quantization is None else {"float_dtype": dtype_name, "quantization": quantization.manifest()}
     return {
         "format": "llama-export/1",
-        "size": _size_name(args),
+        "size": size_name(args),
         "args": args.to_dict(),
-        "checkpoint": {"description": checkpoint.description, "fingerprint": checkpoint.fingerprint()},
+        "checkpoint": checkpoint.manifest_record(),
         "precision": precision,
         "opset": opset,
         "target": target,
@@ -316,10 +316,6 @@ def manifest_content(checkpoint: Checkpoint, precision: str, opset: int, result:
         "io": io_spec.io_spec_json(args, KV_DTYPE_NAMES[dtype_name]),
         **extra,
     }
-
-
-def _size_name(args: ModelArgs) -> str | None:
-    return next((name for name, known in SIZES.items() if known == args), None)
 
 
 def find_tokenizer_for(checkpoint: Checkpoint) -> Path | None:

@@ -171,6 +171,9 @@ class HFCheckpoint(Checkpoint):
     def fingerprint(self) -> str:
         return files_fingerprint([self.config_path, *self._weight_files])
 
+    def source(self) -> dict:
+        return {"format": "hf", "path": str(self.folder.resolve())}
+
 
 def hf_config(args: ModelArgs) -> dict:
     """LlamaConfig keyword arguments describing `args` (for building HF peers and writing config.json)."""

@@ -223,6 +223,9 @@ class MetaCheckpoint(Checkpoint):
     def fingerprint(self) -> str:
         return files_fingerprint([self.params_path, *self.paths])
 
+    def source(self) -> dict:
+        return {"format": "meta", "path": str(self.folder.resolve()), "shards": len(self.paths)}
+
 
 def save_meta_checkpoint(state_dict: dict[str, torch.Tensor], args: ModelArgs, folder: str | Path,
                          n_shards: int = 1, embedding_dim: int = 1) -> list[Path]:

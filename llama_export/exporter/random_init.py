@@ -94,6 +94,11 @@ class RandomCheckpoint(Checkpoint):
         for name in self.names():
             yield name, self.tensor(name, dtype or torch.float32, buffers)
 
+    def source(self) -> dict:
+        from ..config import size_name
+
+        return {"format": "random", "size": size_name(self.args), "seed": self.seed}  # the shape itself is the manifest's args
+
     def fingerprint(self) -> str:
         # "init" names the generator: the same seed under another generator is other weights.
         payload = json.dumps({"random_init": self.seed, "init": "uniform_init/sfc64-int16", "args": self.args.to_dict()},

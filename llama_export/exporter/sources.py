@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import get_size
+from ..config import ModelArgs, get_size
 from ..errors import UserError
 from .checkpoints import Checkpoint, RandomCheckpoint
 
@@ -32,3 +32,30 @@ def resolve_checkpoint(size: str | None = None, checkpoint: str | Path | None = 
     if size.lower() == "tiny" and not random_init:
         return open_checkpoint(TINY_ASSET)
     return RandomCheckpoint(args, seed)
+
+
+# The checkpoint classes each `format` in a manifest record names (Checkpoint.source).
+FOLDER_FORMATS = {"hf": "HFCheckpoint", "meta": "MetaCheckpoint", "own": "SafetensorsCheckpoint"}
+
+
+def reopen_source(record: dict, args: ModelArgs, exported: str | Path = "the folder") -> Checkpoint:
+    """The checkpoint a manifest's `checkpoint` record names (format, path / size, seed), opened the way it was
+    opened at export. Only the fields are read: `description` is for display and never parsed."""
+    from . import checkpoints
+
+    kind = record.get("format")
+    hint = "pass --checkpoint PATH to the weights it was exported from"
+    if kind == "random":
+        return RandomCheckpoint(args, int(record["seed"]))
+    if kind == "builtin":
+        return checkpoints.open_checkpoint(TINY_ASSET)
+    if kind not in FOLDER_FORMATS:
+        shown = f"format {kind!r}" if kind else "no source format (an older llama-export wrote it)"
+        raise UserError(f"{exported} records {shown} for its checkpoint; {hint}, or export it again")
+    path = Path(record.get("path", ""))
+    if not path.is_dir():
+        raise UserError(f"{exported} was exported from {path}, which is not available here; {hint}")
+    ckpt = checkpoints.open_checkpoint(path)
+    if type(ckpt).__name__ != FOLDER_FORMATS[kind]:
+        raise UserError(f"{path} no longer holds a {kind} checkpoint (it was exported from one); {hint}")
+    return ckpt

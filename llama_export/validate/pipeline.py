@@ -8,7 +8,6 @@ session with layer outputs exposed. Nothing but logits and layer outputs ([posit
 from __future__ import annotations
 
 import gc
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +22,6 @@ from . import compare, gate
 BISECT_MODES = ("auto", "always", "never")
 LAYER_MAJOR_MODES = ("auto", "always", "never")
 DEFAULT_STEPS, DEFAULT_PROMPT_TOKENS = 32, 64
-_RANDOM_INIT = re.compile(r"random-init seed=(-?\d+)")
 
 
 @dataclass
@@ -46,20 +44,16 @@ class Report:
 
 
 def reference_checkpoint(artifacts, checkpoint=None):
-    """The weights the folder was exported from: `checkpoint` if given, else what the manifest names (random
-    init by seed, or the checkpoint folder), checked against the manifest's fingerprint."""
-    from ..exporter.checkpoints import RandomCheckpoint, open_checkpoint
+    """The weights the folder was exported from: `checkpoint` if given, else the source the manifest records
+    (sources.reopen_source), checked against the manifest's fingerprint."""
+    from ..exporter.checkpoints import open_checkpoint
+    from ..exporter.sources import reopen_source
 
     recorded = artifacts.manifest.get("checkpoint", {})
     if checkpoint is not None:
         ckpt = open_checkpoint(checkpoint)
-    elif match := _RANDOM_INIT.fullmatch(recorded.get("description", "")):
-        ckpt = RandomCheckpoint(artifacts.args, int(match.group(1)))
-    elif Path(recorded.get("description", "")).exists():
-        ckpt = open_checkpoint(recorded["description"])
     else:
-        raise UserError(f"{artifacts.folder} was exported from {recorded.get('description')!r}, which is not "
-                        "available here; pass --checkpoint PATH to the weights it was exported from")
+        ckpt = reopen_source(recorded, artifacts.args, artifacts.folder)
     if ckpt.args != artifacts.args:
         raise UserError(f"checkpoint {ckpt.description} has different hyper-parameters than {artifacts.folder}")
     if recorded.get("fingerprint") and ckpt.fingerprint() != recorded["fingerprint"]:
