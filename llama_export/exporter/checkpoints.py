@@ -81,8 +81,9 @@ class Checkpoint:
 
     def source(self) -> dict:
         """Where the weights come from, as data a later command reopens (sources.reopen_source): {"format":
-        "hf"|"meta"|"own"|"builtin"|"random", "path": absolute folder, or "size"/"seed" for random weights}."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement source()")
+        "hf"|"meta"|"own"|"builtin"|"random", "path": absolute folder, or "size"/"seed" for random weights}.
+        Sources nothing can reopen (weights built in memory) say so; validating their export needs --checkpoint."""
+        return {"format": "in-memory"}
 
     def manifest_record(self) -> dict:
         """The manifest's `checkpoint` entry: the source, its fingerprint, and a description for display only
