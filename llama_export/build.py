@@ -97,16 +97,19 @@ def check_build_options(checkpoint: Checkpoint, options: BuildOptions) -> tuple[
 
 
 def build(checkpoint: Checkpoint, out_dir: str | Path, options: BuildOptions | None = None, quiet: bool = False,
-          say: Callable[[str], None] = lambda _message: None) -> BuildResult:
+          say: Callable[[str], None] = lambda _message: None, force: bool = False) -> BuildResult:
+    """`force`: replace an existing `out_dir` that is not a llama-export output (artifacts.check_replaceable)."""
     options = options or BuildOptions()
     builder = check_build_options(checkpoint, options)
+    protect = [getattr(checkpoint, "folder", None)]
+    artifacts.check_replaceable(out_dir, force=force, protect=protect)  # before calibration or any export work
     limits = options.limits or default_limits(checkpoint.args.max_seq_len)
     from .exporter.export import _progress_bar
 
     if options.quantization is None and options.precision in QUANTIZED_PRECISIONS:  # defaults, calibrated here
         options.quantization = prepare_quantization(checkpoint, options.precision)
     result = BuildResult(folder=Path(out_dir).absolute())
-    with artifacts.staged_output(result.folder) as staging:
+    with artifacts.staged_output(result.folder, force=force, protect=protect) as staging:
         with _progress_bar(checkpoint, quiet) as progress:
             exported = export_onnx(checkpoint, staging, options.precision, options.opset, progress, options.target,
                                    options.float_dtype, options.quantization)

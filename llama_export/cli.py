@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .errors import UserError
+from .errors import Terminated, UserError, describe_os_error, terminate_as_interrupt
 
 
 class Group(click.Group):
@@ -16,13 +16,20 @@ class Group(click.Group):
 
     def main(self, args=None, prog_name=None, **extra):
         try:
-            return super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+            with terminate_as_interrupt():
+                return super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
         except UserError as exc:
             _fail(str(exc))
+        except Terminated:
+            _fail("terminated (SIGTERM); nothing was left half-written", code=143)
+        except OSError as exc:  # a full disk, a read-only or busy mount, a permission: the system's word, one line
+            _fail(describe_os_error(exc))
         except click.UsageError as exc:
             hint = f" (see llama-export {exc.ctx.info_name} --help)" if exc.ctx and exc.ctx.parent else ""
             _fail(f"{exc.format_message()}{hint}")
-        except click.exceptions.Abort:
+        except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt (and so Terminated) into Abort
+            if isinstance(exc.__cause__, Terminated):
+                _fail("terminated (SIGTERM); nothing was left half-written", code=143)
             _fail("aborted", code=130)
         except KeyboardInterrupt:
             _fail("interrupted", code=130)
@@ -70,14 +77,25 @@ def sizes(as_json: bool):
     Console(width=max(Console().width, 120)).print(table)
 
 
+def _nonempty_path(_ctx, param, value):
+    """`--out ""` (an unset shell variable) must not mean the current directory."""
+    if value is not None and not value.strip():
+        raise UserError(f"--{param.name} is empty (an unset shell variable?); name the folder to write")
+    return None if value is None else Path(value)
+
+
 def export_options(f):
     """The options that shape the ONNX graph, shared by `export` and `build`."""
     f = click.option("--quiet", is_flag=True, help="No progress output.")(f)
     f = click.option("--target", type=click.Choice(["onnx", "ort", "plugin", "none"]), default="none",
                      show_default=True,
                      help="Fusion target (graphs/passes.py; `none` builds in every runtime, TensorRT included).")(f)
-    f = click.option("--out", type=click.Path(path_type=Path),
-                     help="Output folder (default: out/<size-or-checkpoint-name>-<precision>).")(f)
+    f = click.option("--force", is_flag=True,
+                     help="Replace --out even when it is not a llama-export output folder.")(f)
+    f = click.option("--allow-nonfinite", is_flag=True, help="Export weights holding NaN or Inf (refused by default).")(f)
+    f = click.option("--out", type=click.Path(), callback=_nonempty_path,
+                     help="Output folder (default: out/<size-or-checkpoint-name>-<precision>). An existing one is "
+                          "replaced only when it is a llama-export output (or with --force).")(f)
     f = click.option("--opset", type=int, default=23, show_default=True, help="ONNX opset, 18 or newer.")(f)
     f = click.option("--precision", default="fp32", show_default=True,
                      help="fp32, fp16, bf16 (typed graph); int8-wo (int8 weights) or int8 (W8A8, calibrated).")(f)
@@ -119,17 +137,21 @@ def default_out(size: str | None, checkpoint: Path | None, precision: str, float
 @model_options
 @export_options
 def export(size, checkpoint, random_init, seed, precision, opset, target, out, quiet, float_dtype, calibration,
-           calibration_samples, alpha, quantize_lm_head, quantize_embeddings):
+           calibration_samples, alpha, quantize_lm_head, quantize_embeddings, force, allow_nonfinite):
     """Export to ONNX: DIR/model.onnx + model.onnx.data + manifest.json (weights streamed, bounded memory)."""
+    from .exporter.artifacts import check_replaceable
     from .exporter.export import check_export_options, export_to_folder
     from .exporter.sources import resolve_checkpoint
 
     check_export_options(precision, opset, target, float_dtype)
     ckpt = resolve_checkpoint(size, checkpoint, random_init, seed)
+    ckpt.allow_nonfinite = allow_nonfinite
+    out = check_replaceable(out or default_out(size, checkpoint, precision, float_dtype), force=force,
+                            protect=[checkpoint])  # before calibration
     quantization = _quantization(ckpt, precision, calibration, calibration_samples, alpha, quantize_lm_head,
                                  quantize_embeddings)
-    folder = export_to_folder(ckpt, out or default_out(size, checkpoint, precision, float_dtype), precision, opset,
-                              quiet=quiet, target=target, float_dtype=float_dtype, quantization=quantization)
+    folder = export_to_folder(ckpt, out, precision, opset, quiet=quiet, target=target, float_dtype=float_dtype,
+                              quantization=quantization, force=force)
     if not quiet:
         click.echo(f"wrote {folder}", err=True)
 
@@ -296,15 +318,19 @@ def _checkpoint_tokenizer(tokenizer, checkpoint, size, random_init, tiny_asset, 
               help="Write triton/ (default: when tritonclient is installed).")
 def build(size, checkpoint, random_init, seed, precision, opset, target, out, quiet, float_dtype, calibration,
           calibration_samples, alpha, quantize_lm_head, quantize_embeddings, engine, builder, max_batch,
-          max_input, max_seq, timing_cache, validate, steps, triton):
+          max_input, max_seq, timing_cache, validate, steps, triton, force, allow_nonfinite):
     """Export, fuse, build an engine, validate and write a Triton repository into one output folder."""
     from .build import BuildOptions, default_limits
     from .build import build as run_build
+    from .exporter.artifacts import check_replaceable
     from .exporter.export import check_export_options
     from .exporter.sources import resolve_checkpoint
 
     check_export_options(precision, opset, target, float_dtype)
     ckpt = resolve_checkpoint(size, checkpoint, random_init, seed)
+    ckpt.allow_nonfinite = allow_nonfinite
+    out = check_replaceable(out or default_out(size, checkpoint, precision, float_dtype), force=force,
+                            protect=[checkpoint])  # before calibration
     quantization = _quantization(ckpt, precision, calibration, calibration_samples, alpha, quantize_lm_head,
                                  quantize_embeddings)
     options = BuildOptions(precision=precision, target=target, opset=opset, engine=engine, builder=builder,
@@ -312,8 +338,7 @@ def build(size, checkpoint, random_init, seed, precision, opset, target, out, qu
                            limits=default_limits(ckpt.args.max_seq_len, max_batch, max_input, max_seq),
                            timing_cache=timing_cache, validate=validate, validate_steps=steps, triton=triton)
     say = (lambda _m: None) if quiet else (lambda message: click.echo(f"build: {message}", err=True))
-    result = run_build(ckpt, out or default_out(size, checkpoint, precision, float_dtype), options, quiet=quiet,
-                       say=say)
+    result = run_build(ckpt, out, options, quiet=quiet, say=say, force=force)
     for note in result.notes:
         say(note)
     if result.passed is not None:

@@ -12,9 +12,11 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -24,41 +26,151 @@ from ..errors import UserError
 from .checkpoints import file_sha256
 
 MANIFEST = "manifest.json"
+TOOL_NAME = "llama-export"  # manifest["tool"]["name"]: the mark of a folder this tool may replace
 TOKENIZER = "tokenizer.model"
 LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxscript", "onnx_ir")
 _DISTRIBUTIONS = {"onnx_ir": "onnx-ir"}
 
 
+# Staging and set-aside siblings carry the writer's PID (`.DIR.tmp-PID-XXXX`, `.DIR.old-PID-XXXX`), so a later
+# run can tell a leftover of a killed run (its process is gone) from a run still writing.
+_SIBLING = r"^\.{name}\.(tmp|old)-(\d+)-"
+_LIVE_SIBLINGS: set[Path] = set()  # this process's own staging folders (a PID may be reused, ours is alive)
+
+
+def notice(message: str) -> None:
+    """One line to stderr for things the user should know that are not errors (leftovers removed)."""
+    print(f"note: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
+def is_own_output(folder: Path) -> bool:
+    """True when `folder` is a llama-export output (its manifest.json says so) or an empty folder."""
+    folder = Path(folder)
+    try:
+        if not any(folder.iterdir()):
+            return True
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        return manifest["tool"]["name"] == TOOL_NAME
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def check_replaceable(out_dir: str | Path, *, force: bool = False, protect: Iterable[str | Path | None] = (),
+                      option: str = "--out") -> Path:
+    """Refuse, before any work, an output folder whose replacement would delete what this tool did not write.
+
+    Never (even with --force): the current directory or a folder holding it, the home folder, a protected path
+    (the checkpoint, the source export) or a folder holding one, a mount point (the finished folder is renamed
+    into place, which a mount point cannot be). Without --force: an existing folder that is not empty and not a
+    llama-export output. Returns the absolute path."""
+    if str(out_dir).strip() == "":
+        raise UserError(f"{option} is empty (an unset shell variable?); name the folder to write")
+    out = Path(out_dir).absolute()
+    real = out.resolve()
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    if real == cwd or real in cwd.parents:
+        raise UserError(f"{option} {out_dir} is the current directory or holds it; name a new folder instead")
+    if real == home or real in home.parents:
+        raise UserError(f"{option} {out_dir} is your home folder or holds it; name a new folder instead")
+    for path in protect:
+        if path is None:
+            continue
+        kept = Path(path).resolve()
+        if real == kept or real in kept.parents:
+            raise UserError(f"{option} {out_dir} would replace {kept}, which this command reads; "
+                            "name a new folder instead")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{option} {out} exists and is not a folder; choose another path")
+    if out.is_dir() and os.path.ismount(out):
+        raise UserError(f"{option} {out} is a mount point, which cannot be replaced by a rename; "
+                        f"write into a folder inside it ({out}/NAME)")
+    if out.is_dir() and not force and not is_own_output(out):
+        raise UserError(f"{option} {out} exists and is not a llama-export output (no manifest.json written by "
+                        "llama-export); choose a new folder, or pass --force to replace it")
+    return out
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def clean_stale_siblings(out_dir: str | Path, option: str = "--out") -> int:
+    """Remove `.DIR.tmp-*` / `.DIR.old-*` left by a killed run into `out_dir` (their PID is no longer alive) and
+    say so in one line; returns how many. A set-aside `.DIR.old-*` whose DIR is gone (killed between the two
+    renames) is moved back rather than deleted. Refuses when a live process is still writing `out_dir`."""
+    out = Path(out_dir).absolute()
+    if not out.parent.is_dir():
+        return 0
+    pattern = re.compile(_SIBLING.format(name=re.escape(out.name)))
+    removed = 0
+    for sibling in sorted(out.parent.iterdir()):
+        match = pattern.match(sibling.name)
+        if not match or sibling in _LIVE_SIBLINGS:
+            continue
+        kind, pid = match.group(1), int(match.group(2))
+        if pid != os.getpid() and _process_alive(pid):
+            raise UserError(f"another process (PID {pid}) is writing {option} {out} ({sibling.name}); wait for it "
+                            "or choose another folder")
+        if kind == "old" and (sibling / out.name).is_dir() and not out.exists():
+            os.replace(sibling / out.name, out)  # the previous DIR, set aside when the run was killed
+        _remove_ignoring_interrupts(sibling)
+        removed += 1
+    if removed:
+        notice(f"removed {removed} leftover staging folder(s) of an interrupted run next to {out}")
+    return removed
+
+
+def _sibling(target: Path, kind: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=f".{target.name}.{kind}-{os.getpid()}-", dir=target.parent))
+    _LIVE_SIBLINGS.add(path)
+    return path
+
+
 @contextlib.contextmanager
-def staged_output(out_dir: str | Path) -> Iterator[Path]:
+def staged_output(out_dir: str | Path, *, force: bool = False, protect: Iterable[str | Path | None] = (),
+                  option: str = "--out") -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces `out_dir`, on any exception (KeyboardInterrupt
-    included) it is removed and `out_dir` is left as it was."""
-    out_dir = Path(out_dir).absolute()
+    and SIGTERM included) it is removed and `out_dir` is left as it was.
+
+    Before anything is written: `check_replaceable` (what may be replaced; `force`, `protect`) and
+    `clean_stale_siblings` (leftovers of a killed run)."""
+    out_dir = check_replaceable(out_dir, force=force, protect=protect, option=option)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} exists and is not a folder; choose another path")
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    clean_stale_siblings(out_dir, option)
+    staging = _sibling(out_dir, "tmp")
     try:
         yield staging
         _replace_dir(staging, out_dir)
     except BaseException:
         _remove_ignoring_interrupts(staging)
         raise
+    finally:
+        _LIVE_SIBLINGS.discard(staging)
 
 
 def _remove_ignoring_interrupts(path: Path) -> None:
-    """A second Ctrl-C must not stop the cleanup halfway (signal handlers can only be set in the main thread)."""
+    """A second Ctrl-C or SIGTERM must not stop the cleanup halfway (handlers can only be set in the main
+    thread)."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         shutil.rmtree(path, ignore_errors=True)
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         shutil.rmtree(path, ignore_errors=True)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _replace_dir(new: Path, target: Path) -> None:
@@ -67,10 +179,19 @@ def _replace_dir(new: Path, target: Path) -> None:
     if not target.exists():
         os.replace(new, target)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.replace(target, old / target.name)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
+    old = _sibling(target, "old")
+    try:
+        os.replace(target, old / target.name)
+        try:
+            os.replace(new, target)
+        except BaseException:
+            os.replace(old / target.name, target)  # the previous DIR goes back where it was
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if old.exists():
+            _remove_ignoring_interrupts(old)
+        _LIVE_SIBLINGS.discard(old)
 
 
 def library_versions() -> dict[str, str]:
@@ -84,7 +205,7 @@ def library_versions() -> dict[str, str]:
 
 
 def tool_info() -> dict:
-    return {"name": "llama-export", "version": metadata.version("llama-export"),
+    return {"name": TOOL_NAME, "version": metadata.version("llama-export"),
             "python": platform.python_version()}
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -58,6 +59,7 @@ class Checkpoint:
 
     args: ModelArgs
     description: str
+    allow_nonfinite: bool = False  # --allow-nonfinite: export NaN/Inf weights instead of refusing them
 
     def names(self) -> list[str]:
         return list(expected_shapes(self.args))
@@ -91,7 +93,28 @@ class Checkpoint:
         return {**self.source(), "fingerprint": self.fingerprint(), "description": self.description}
 
     def state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        return {n: (t if dtype is None else t.to(dtype)) for n, t in self.iter_tensors()}
+        return {n: (t if dtype is None else t.to(dtype)) for n, t in map(check_float, self.iter_tensors())}
+
+
+def check_float(item: tuple[str, torch.Tensor]) -> tuple[str, torch.Tensor]:
+    """(name, tensor) unchanged when the tensor is floating point; an integer or bool weight would be cast to
+    values that mean nothing (an int32 q_proj exports as zeros), so it is refused naming the tensor."""
+    name, tensor = item
+    if not tensor.is_floating_point():
+        raise UserError(f"checkpoint tensor {name} is {str(tensor.dtype).removeprefix('torch.')}, not a "
+                        "floating-point type; a LLaMA weight must be float (re-convert the checkpoint)")
+    return item
+
+
+def check_finite(name: str, tensor: torch.Tensor, dtype_name: str) -> None:
+    """Refuse a float tensor holding NaN or Inf. aminmax propagates NaN and shows ±Inf, in one pass without
+    allocating (~5 GB/s here, in the stream's write thread)."""
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return
+    low, high = torch.aminmax(tensor)
+    if not (math.isfinite(low.item()) and math.isfinite(high.item())):
+        raise UserError(f"checkpoint tensor {name} holds NaN or Inf values (in the checkpoint, or out of range "
+                        f"for {dtype_name}); fix the weights, or pass --allow-nonfinite to export them anyway")
 
 
 # (numel, dtype) -> a flat contiguous buffer of at least numel values (weights.AlternatingBuffers)

@@ -273,16 +273,19 @@ def prepare_quantization(checkpoint: Checkpoint, precision: str, calibration_fil
 
 def export_to_folder(checkpoint: Checkpoint, out_dir: str | Path, precision: str = "fp32",
                      opset: int = DEFAULT_OPSET, quiet: bool = False, target: str = "none",
-                     float_dtype: str | None = None, quantization: QuantOptions | None = None) -> Path:
+                     float_dtype: str | None = None, quantization: QuantOptions | None = None,
+                     force: bool = False) -> Path:
     """The `export` command as a library call: DIR/model.onnx, model.onnx.data, tokenizer.model (when there is
-    one) and manifest.json, written to a staging sibling and renamed into place at the end. Returns DIR."""
+    one) and manifest.json, written to a staging sibling and renamed into place at the end. Returns DIR.
+    An existing DIR is replaced only when it is a llama-export output, or with `force` (artifacts.staged_output)."""
     from . import artifacts
 
     check_export_options(precision, opset, target, float_dtype)  # fail before creating anything
     if precision in QUANTIZED_PRECISIONS and quantization is None:
         quantization = prepare_quantization(checkpoint, precision)
-    out_dir = Path(out_dir).absolute()
-    with artifacts.staged_output(out_dir) as staging, _progress_bar(checkpoint, quiet) as progress:
+    out_dir = artifacts.check_replaceable(out_dir, force=force, protect=[getattr(checkpoint, "folder", None)])
+    with artifacts.staged_output(out_dir, force=force, protect=[getattr(checkpoint, "folder", None)]) as staging, \
+            _progress_bar(checkpoint, quiet) as progress:
         result = export_onnx(checkpoint, staging, precision, opset, progress, target, float_dtype, quantization)
         tokenizer = find_tokenizer_for(checkpoint)
         if tokenizer is not None:

@@ -166,7 +166,7 @@ class MetaCheckpoint(Checkpoint):
 
     def __reduce__(self):
         # Pickled (for the stream's process) as its folder: pickling the mmapped shards would copy every weight.
-        return type(self), (self.folder,)
+        return type(self), (self.folder,), {"allow_nonfinite": self.allow_nonfinite}
 
     def _check_shards_agree(self) -> None:
         first, names = self.paths[0].name, set(self._shards[0])

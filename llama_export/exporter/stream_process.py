@@ -110,12 +110,21 @@ class ProcessWeightStreamer:
             pass
 
 
+class _ParentGone(Exception):
+    """The message pipe is closed: the parent exited (killed, or done with us)."""
+
+
 def _child(fd: int) -> None:
-    with os.fdopen(fd, "wb") as messages:
-        def send(message: tuple) -> None:
+    messages = os.fdopen(fd, "wb")
+
+    def send(message: tuple) -> None:
+        try:
             pickle.dump(message, messages)
             messages.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            raise _ParentGone from None
 
+    try:
         try:
             sys.path[:] = pickle.load(sys.stdin.buffer)  # the parent's, so its checkpoint classes unpickle
             checkpoint, dtype, path, transform = pickle.load(sys.stdin.buffer)
@@ -129,14 +138,22 @@ def _child(fd: int) -> None:
             threading.Thread(target=watch_parent, daemon=True).start()
             send(("done", *stream_weights(checkpoint, dtype, path, stop, lambda name: send(("tensor", name)),
                                           transform)))
+        except _ParentGone:
+            raise
         except BaseException as exc:  # noqa: BLE001 -- handed to the parent
             try:
                 send(("error", exc))
+            except _ParentGone:
+                raise
             except Exception:  # noqa: BLE001 -- an exception that does not pickle still reaches the user
                 send(("error", RuntimeError(f"weight stream: {type(exc).__name__}: {exc}")))
+    except _ParentGone:
+        pass  # nobody is left to tell: exit quietly (a killed parent's next run removes its staging folder)
+    except EOFError:
+        pass  # the parent died before sending the whole job
     sys.stderr.flush()
     # The data file is closed and fsynced and the parent has the answer: skip the interpreter's teardown of
-    # torch (~1 s of CPU the parent would wait for).
+    # torch (~1 s of CPU the parent would wait for). os._exit also skips flushing `messages` into a closed pipe.
     os._exit(0)
 
 

@@ -26,7 +26,7 @@ import onnx_ir as ir
 import torch
 
 from .artifacts import remember_sha256
-from .checkpoints import Checkpoint, expected_shapes
+from .checkpoints import Checkpoint, check_finite, check_float, expected_shapes
 from .datafile import ALIGN, DataFile, aligned_empty
 
 IR_DTYPES = {torch.float32: ir.DataType.FLOAT, torch.float16: ir.DataType.FLOAT16,
@@ -63,7 +63,8 @@ def stream_weights(checkpoint: Checkpoint, dtype: torch.dtype, path: Path, stop:
         # submitted, and i+2 is made while i+1 is in flight. One pair for tensors the checkpoint makes (random
         # init), one for the conversions to `dtype`.
         made, conversions = AlternatingBuffers(), AlternatingBuffers()
-        for name, tensor in checkpoint.iter_tensors(None if transform else dtype, made):
+        check_values = not checkpoint.allow_nonfinite
+        for name, tensor in map(check_float, checkpoint.iter_tensors(None if transform else dtype, made)):
             if stop.is_set():
                 raise Interrupted
             outputs = [(name, _convert(tensor, dtype, conversions))] if transform is None else transform(name, tensor)
@@ -80,7 +81,9 @@ def stream_weights(checkpoint: Checkpoint, dtype: torch.dtype, path: Path, stop:
             chunks = _chunks(pads, outputs)
             # Writing is disk-bound and hashing CPU-bound: separate threads, so one does not wait for the other.
             # (Letting two tensors be in flight, with three buffers, was measured: no gain, the stream is CPU-bound.)
-            pending = [writer.submit(_write_all, f, chunks, name, progress), hasher.submit(_hash_all, digest, chunks)]
+            # The finite check runs in the write thread: it waits on the disk, so the pass over the bytes is free.
+            pending = [writer.submit(_write_all, f, chunks, name, progress, outputs if check_values else ()),
+                       hasher.submit(_hash_all, digest, chunks)]
             del outputs, chunks
         for job in pending:
             job.result()
@@ -129,7 +132,10 @@ def _chunks(pads: list[int], outputs: list[tuple[str, torch.Tensor]]) -> list:
     return chunks
 
 
-def _write_all(f, chunks: list, name: str, progress: Callable[[str], None] | None) -> None:
+def _write_all(f, chunks: list, name: str, progress: Callable[[str], None] | None,
+               check: list[tuple[str, torch.Tensor]] | tuple = ()) -> None:
+    for out_name, tensor in check:
+        check_finite(out_name, tensor, str(tensor.dtype).removeprefix("torch."))
     for chunk in chunks:
         f.write(chunk)
     if progress is not None:

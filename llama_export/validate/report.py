@@ -26,7 +26,8 @@ def write_report(data: dict, folder: str | Path) -> Path:
 
     target = Path(folder).absolute() / REPORT_DIR
     plots = render_plots(data)
-    with staged_output(target) as staging:
+    # report/ lives inside an output folder the caller already owns: replacing it needs no manifest of its own
+    with staged_output(target, force=True, option="the report folder") as staging:
         (staging / REPORT_JSON).write_text(json.dumps(_finite(data), indent=2) + "\n", encoding="utf-8")
         for name, png in plots.items():
             (staging / f"{name}.png").write_bytes(png)

@@ -32,9 +32,12 @@ class InterruptingCheckpoint(RandomCheckpoint):
         return super().tensor(name, dtype, buffers)
 
 
+PREVIOUS = '{"previous": true, "tool": {"name": "llama-export"}}'
+
+
 def previous_output(folder: Path) -> None:
     folder.mkdir()
-    (folder / "manifest.json").write_text('{"previous": true}')
+    (folder / "manifest.json").write_text(PREVIOUS)  # marked as llama-export's: a rerun may replace it
 
 
 def test_interrupt_while_streaming_keeps_the_previous_folder_and_cleans_up(tmp_path):
@@ -43,7 +46,7 @@ def test_interrupt_while_streaming_keeps_the_previous_folder_and_cleans_up(tmp_p
     with pytest.raises(KeyboardInterrupt):
         export_to_folder(InterruptingCheckpoint(ARGS), out, quiet=True)
     assert [p.name for p in tmp_path.iterdir()] == ["out"], "no staging folder left behind"
-    assert (out / "manifest.json").read_text() == '{"previous": true}'
+    assert (out / "manifest.json").read_text() == PREVIOUS
     export_to_folder(RandomCheckpoint(ARGS), out, "fp16", quiet=True)  # the rerun succeeds and replaces it
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "model.onnx.data"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
@@ -128,7 +131,7 @@ def test_sigint_to_the_cli_mid_stream_leaves_no_complete_folder_and_the_rerun_su
     # way the folder checks below are what matters.
     assert proc.returncode in (130, -signal.SIGINT), stderr
     assert [p.name for p in tmp_path.iterdir()] == ["small"], "staging folder removed"
-    assert (out / "manifest.json").read_text() == '{"previous": true}'
+    assert (out / "manifest.json").read_text() == PREVIOUS
     subprocess.run(cmd, check=True, timeout=300)
     assert artifacts.load_manifest(out).args.dim == 768
     assert os.path.getsize(out / "model.onnx.data") > 400e6

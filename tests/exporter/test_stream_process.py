@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from test_export_folder import InterruptingCheckpoint, previous_output
+from test_export_folder import PREVIOUS, InterruptingCheckpoint, previous_output
 
 from llama_export.config import ModelArgs
 from llama_export.exporter import weights
@@ -51,7 +51,7 @@ def test_an_error_in_the_child_reaches_the_caller_and_keeps_the_previous_folder(
     previous_output(out)
     with pytest.raises(KeyboardInterrupt):  # raised by the checkpoint in the child, re-raised in the parent
         export_to_folder(InterruptingCheckpoint(ARGS), out, quiet=True)
-    assert (out / "manifest.json").read_text() == '{"previous": true}'
+    assert (out / "manifest.json").read_text() == PREVIOUS
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the staging folder went
 
 
