@@ -1,24 +1,26 @@
-"""`llama-export build`: every stage in order, into one output folder.
+"""`llama-export build`: every stage in order, into one output folder, each stage kept as soon as it is done.
 
-    export (+ fusion target) ─▶ engine (when a builder is present) ─▶ rename into place
-      ─▶ validate (report/) ─▶ triton (triton/) ─▶ manifest records each stage
+    memory plan (memory.py, before anything runs) ─▶ export ─▶ engine ─▶ validate (report/) ─▶ triton (triton/)
 
-The model and engine are written into a staging sibling and renamed into place together, so an interrupted
-build never leaves a folder that looks complete. Validation and the Triton repository come after the rename
-because they describe the folder where it lives (paths in report.json); each writes its own staged subfolder,
-and the manifest names a stage only once it has finished, so a folder without `validation` in its manifest
-was not validated.
+The export is written into a staging sibling and renamed into place as soon as it is complete; the engine
+(renamed from a temporary file), the report and the Triton repository (each a staged folder) are added to it
+one by one, and the manifest names a stage only once its output is in place, with the inputs it was made from
+(`stages`: hashes of the model files, options). A later stage that fails or is killed never costs an earlier
+one; running the same build again skips every stage whose output is there and whose inputs match ("kept"),
+and redoes the rest. A folder without `validation` in its manifest was not validated.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import memory
 from .engine.builder import INSTALL_HINT, build_engine, find_builder
 from .engine.profiles import ProfileLimits
 from .errors import UserError
@@ -53,6 +55,7 @@ class BuildOptions:
     validate: bool = True
     validate_steps: int = 32
     triton: bool | None = None  # None: write the repository when tritonclient is installed
+    layer_major: str = "auto"  # validation: one block in memory at a time (auto: when the whole model does not fit)
 
 
 @dataclass
@@ -96,6 +99,64 @@ def check_build_options(checkpoint: Checkpoint, options: BuildOptions) -> tuple[
     return builder
 
 
+def plan_memory(checkpoint: Checkpoint, options: BuildOptions, builder) -> list[str]:
+    """Every stage's peak memory against the limit, before anything is written. A stage that cannot fit is
+    refused (UserError: the export, validation, --engine require) or skipped (--engine auto: the note returned)."""
+    args, limit = checkpoint.args, memory.memory_limit()
+    need = memory.export_need(args)
+    if not need.fits(limit):
+        raise UserError(need.shortfall(limit, "free memory or raise the limit"))
+    notes = []
+    if builder is not None and options.engine != "skip":
+        need = memory.engine_need(memory.estimated_weight_bytes(args, options.precision), builder[0])
+        if not need.fits(limit) and options.engine == "require":
+            raise UserError(need.shortfall(limit, "build the engine on a machine with more memory, or --engine auto "
+                                                  "to skip it"))
+        if not need.fits(limit):
+            notes.append("engine: skipped up front: " + need.shortfall(limit, "build it on a machine with more "
+                                                                             "memory (--engine skip silences this)"))
+    if options.validate:
+        whole, streamed = memory.whole_validation_need(args), memory.streamed_validation_need(args)
+        if not streamed.fits(limit) and not whole.fits(limit):
+            raise UserError(streamed.shortfall(limit, "free memory, or --no-validate"))
+    return notes
+
+
+def export_inputs(checkpoint: Checkpoint, options: BuildOptions) -> dict:
+    """What the export depends on: an existing export with the same inputs is kept."""
+    quantization = options.quantization.manifest() if hasattr(options.quantization, "manifest") else None
+    return {"checkpoint": checkpoint.fingerprint(), "args": checkpoint.args.to_dict(), "precision": options.precision,
+            "target": options.target, "opset": options.opset, "float_dtype": options.float_dtype,
+            "quantization": quantization, "tool": artifacts.tool_info()["version"]}
+
+
+def _model_hashes(content: dict) -> dict:
+    return {name: entry["sha256"] for name, entry in content["files"].items() if name.startswith("model.onnx")}
+
+
+def _kept(content: dict | None, stage: str, inputs: dict) -> bool:
+    return content is not None and content.get("stages", {}).get(stage) == inputs
+
+
+def _existing_export(folder: Path, inputs: dict, say) -> dict | None:
+    """The manifest of an existing export made from the same inputs whose files are intact (sizes and sha256
+    as recorded), else None."""
+    try:
+        content = artifacts.load_manifest(folder).manifest
+    except UserError:
+        return None
+    if not _kept(content, "export", inputs):
+        return None
+    say("export: checking the existing files against the manifest")
+    for name, entry in content["files"].items():
+        path = folder / name
+        if name == ENGINE_FILE:
+            continue  # the engine stage checks its own file
+        if not path.is_file() or path.stat().st_size != entry["size"] or artifacts.sha256_of(path) != entry["sha256"]:
+            return None
+    return content
+
+
 def build(checkpoint: Checkpoint, out_dir: str | Path, options: BuildOptions | None = None, quiet: bool = False,
           say: Callable[[str], None] = lambda _message: None, force: bool = False) -> BuildResult:
     """`force`: replace an existing `out_dir` that is not a llama-export output (artifacts.check_replaceable)."""
@@ -104,42 +165,41 @@ def build(checkpoint: Checkpoint, out_dir: str | Path, options: BuildOptions | N
     protect = [getattr(checkpoint, "folder", None)]
     artifacts.check_replaceable(out_dir, force=force, protect=protect)  # before calibration or any export work
     limits = options.limits or default_limits(checkpoint.args.max_seq_len)
-    from .exporter.export import _progress_bar
-
-    if options.quantization is None and options.precision in QUANTIZED_PRECISIONS:  # defaults, calibrated here
-        options.quantization = prepare_quantization(checkpoint, options.precision)
     result = BuildResult(folder=Path(out_dir).absolute())
-    with artifacts.staged_output(result.folder, force=force, protect=protect) as staging:
-        with _progress_bar(checkpoint, quiet) as progress:
-            exported = export_onnx(checkpoint, staging, options.precision, options.opset, progress, options.target,
-                                   options.float_dtype, options.quantization)
-        tokenizer = find_tokenizer_for(checkpoint)
-        if tokenizer is not None:
-            shutil.copyfile(tokenizer, staging / artifacts.TOKENIZER)
-        content = manifest_content(checkpoint, options.precision, options.opset, exported, options.target,
-                                   options.float_dtype, options.quantization)
+    engine_notes = plan_memory(checkpoint, options, builder)
+    folder = result.folder
 
-        if options.engine == "skip":
-            result.notes.append("engine: skipped (--engine skip)")
-        elif builder is None:
-            result.notes.append(f"engine: skipped, no TensorRT builder is installed ({INSTALL_HINT})")
-        else:
-            say(f"building the engine with {builder[0]}")
-            built = build_engine(exported.model_path, checkpoint.args, staging / ENGINE_FILE, limits,
-                                 builder=builder[0], timing_cache=options.timing_cache)
-            result.engine = content["engine"] = built.to_manifest()
-            result.notes.append(f"engine: {ENGINE_FILE} built by {built.builder} {built.builder_version} "
-                                f"in {built.seconds:.1f} s")
-        artifacts.write_manifest(staging, content)
+    artifacts.clean_stale_siblings(folder)  # a killed run's staging folders, also when its export is kept
+    _remove_stale_engines(folder)
+    inputs = export_inputs(checkpoint, options)
+    content = _existing_export(folder, inputs, say)
+    if content is not None:
+        say("export: kept, the folder holds an export of the same inputs")
+        content = {k: v for k, v in content.items() if k != "files"}
+    else:
+        content = _export(checkpoint, options, folder, inputs, quiet, force, protect)
+    artifacts.write_manifest(folder, content)  # drops stale entries (a killed stage's leftovers are not listed)
+    models = _model_hashes(artifacts.load_manifest(folder).manifest)
+    tokenizer = folder / artifacts.TOKENIZER if (folder / artifacts.TOKENIZER).is_file() else None
+
+    _engine_stage(checkpoint, options, builder, limits, folder, content, models, engine_notes, result, say)
 
     if options.validate:
-        from .validate.pipeline import validate_build
+        stage = {"models": models, "steps": options.validate_steps, "layer_major": options.layer_major}
+        if _kept(content, "validation", stage) and (folder / "report" / "report.json").is_file():
+            say("validation: kept, report/ was made from the same model and options")
+            result.passed, result.report = content["validation"]["passed"], folder / "report"
+        else:
+            from .validate.pipeline import validate_build
 
-        report = validate_build(result.folder, steps=options.validate_steps, progress=say)
-        result.passed, result.report = report.passed, report.path
-        content["validation"] = {"passed": report.passed, "report": "report/report.json",
-                                 "checks": {c["name"]: c["passed"] for c in report.summary()["checks"]}}
-        artifacts.write_manifest(result.folder, content)
+            report = validate_build(folder, steps=options.validate_steps, progress=say,
+                                    layer_major=options.layer_major)
+            result.passed, result.report = report.passed, report.path
+            content["validation"] = {"passed": report.passed, "report": "report/report.json",
+                                     "layer_major": report.data["mode"]["layer_major"],
+                                     "checks": {c["name"]: c["passed"] for c in report.summary()["checks"]}}
+            content.setdefault("stages", {})["validation"] = stage
+            artifacts.write_manifest(folder, content)
     else:
         result.notes.append("validation: skipped (--no-validate)")
 
@@ -149,16 +209,91 @@ def build(checkpoint: Checkpoint, out_dir: str | Path, options: BuildOptions | N
     elif write_triton and result.passed is False:
         result.notes.append("triton: not written, the validation gate failed (see the report)")
     elif write_triton:
-        from .triton.repository import write_repository
+        stage = {"models": models, "engine": (content.get("engine") or {}).get("sha256")}
+        if _kept(content, "triton", stage) and (folder / "triton").is_dir():
+            say("triton: kept, triton/ was made from the same model and engine")
+        else:
+            from .triton.repository import write_repository
 
-        say("writing the Triton model repository")
-        repo = write_repository(result.folder, result.folder / "triton")
-        result.triton_repo = repo.path
-        content["triton"] = {"repository": "triton", "models": sorted(repo.models.values())}
-        artifacts.write_manifest(result.folder, content)
+            say("writing the Triton model repository")
+            repo = write_repository(folder, folder / "triton")
+            content["triton"] = {"repository": "triton", "models": sorted(repo.models.values())}
+            content.setdefault("stages", {})["triton"] = stage
+            artifacts.write_manifest(folder, content)
+        result.triton_repo = folder / "triton"
     elif options.triton is None:
         result.notes.append(f"triton: skipped, tritonclient is not installed ({TRITON_INSTALL_HINT})")
     return result
+
+
+def _export(checkpoint: Checkpoint, options: BuildOptions, folder: Path, inputs: dict, quiet: bool, force: bool,
+            protect: list) -> dict:
+    """A new export, renamed into place as soon as it is complete (a previous folder's stages go with it)."""
+    from .exporter.export import _progress_bar
+
+    quantization = options.quantization
+    if quantization is None and options.precision in QUANTIZED_PRECISIONS:  # defaults, calibrated here
+        quantization = prepare_quantization(checkpoint, options.precision)
+    with artifacts.staged_output(folder, force=force, protect=protect) as staging:
+        with _progress_bar(checkpoint, quiet) as progress:
+            exported = export_onnx(checkpoint, staging, options.precision, options.opset, progress, options.target,
+                                   options.float_dtype, quantization)
+        tokenizer = find_tokenizer_for(checkpoint)
+        if tokenizer is not None:
+            shutil.copyfile(tokenizer, staging / artifacts.TOKENIZER)
+        content = manifest_content(checkpoint, options.precision, options.opset, exported, options.target,
+                                   options.float_dtype, quantization)
+        content["stages"] = {"export": inputs}
+        artifacts.write_manifest(staging, content)
+    return content
+
+
+def _engine_stage(checkpoint, options, builder, limits, folder: Path, content: dict, models: dict,
+                  engine_notes: list[str], result: BuildResult, say) -> None:
+    plan = folder / ENGINE_FILE
+    stage = None if builder is None else {"models": models, "builder": builder[0], "limits": limits.to_dict(),
+                                          "builder_version": getattr(builder[1], "__version__", "")}
+    if options.engine == "skip":
+        result.notes.append("engine: skipped (--engine skip)")
+    elif builder is None:
+        result.notes.append(f"engine: skipped, no TensorRT builder is installed ({INSTALL_HINT})")
+    elif engine_notes:
+        result.notes += engine_notes
+    elif (_kept(content, "engine", stage) and plan.is_file()
+          and artifacts.sha256_of(plan) == content.get("engine", {}).get("sha256")):
+        say(f"engine: kept, {ENGINE_FILE} was built from the same model and options")
+        result.engine = content["engine"]
+        return
+    else:
+        say(f"building the engine with {builder[0]}")
+        tmp = folder / f".{ENGINE_FILE}.tmp-{os.getpid()}"
+        try:
+            built = build_engine(folder / content["model"], checkpoint.args, tmp, limits, builder=builder[0],
+                                 timing_cache=options.timing_cache)
+            os.replace(tmp, plan)
+        finally:
+            tmp.unlink(missing_ok=True)
+        built.plan = plan
+        result.engine = content["engine"] = built.to_manifest()
+        content.setdefault("stages", {})["engine"] = stage
+        artifacts.write_manifest(folder, content)
+        result.notes.append(f"engine: {ENGINE_FILE} built by {built.builder} {built.builder_version} "
+                            f"in {built.seconds:.1f} s")
+        return
+    recorded = content.get("stages", {}).get("engine") or {}
+    if (plan.exists() or "engine" in content) and recorded.get("models") != models:
+        plan.unlink(missing_ok=True)  # an engine of another model does not describe this folder
+        content.pop("engine", None)
+        content.get("stages", {}).pop("engine", None)
+        artifacts.write_manifest(folder, content)
+
+
+def _remove_stale_engines(folder: Path) -> None:
+    """A killed build's half-written engine (its PID is gone) is not listed in the manifest: remove it."""
+    for stale in folder.glob(f".{ENGINE_FILE}.tmp-*") if folder.is_dir() else []:
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or not artifacts._process_alive(int(pid)):
+            stale.unlink(missing_ok=True)
 
 
 def engine_info(folder: str | Path) -> dict:

@@ -314,11 +314,13 @@ def _checkpoint_tokenizer(tokenizer, checkpoint, size, random_init, tiny_asset, 
 @click.option("--validate/--no-validate", default=True, show_default=True,
               help="Compare with the Torch reference and write report/ (exit 1 when the gate fails).")
 @click.option("--steps", type=click.IntRange(min=0), default=32, show_default=True, help="Validation decode steps.")
+@click.option("--layer-major", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
+              help="Validate one decoder block in memory at a time (auto: when the whole model does not fit).")
 @click.option("--triton/--no-triton", default=None,
               help="Write triton/ (default: when tritonclient is installed).")
 def build(size, checkpoint, random_init, seed, precision, opset, target, out, quiet, float_dtype, calibration,
           calibration_samples, alpha, quantize_lm_head, quantize_embeddings, engine, builder, max_batch,
-          max_input, max_seq, timing_cache, validate, steps, triton, force, allow_nonfinite):
+          max_input, max_seq, timing_cache, validate, steps, layer_major, triton, force, allow_nonfinite):
     """Export, fuse, build an engine, validate and write a Triton repository into one output folder."""
     from .build import BuildOptions, default_limits
     from .build import build as run_build
@@ -336,7 +338,8 @@ def build(size, checkpoint, random_init, seed, precision, opset, target, out, qu
     options = BuildOptions(precision=precision, target=target, opset=opset, engine=engine, builder=builder,
                            float_dtype=float_dtype, quantization=quantization,
                            limits=default_limits(ckpt.args.max_seq_len, max_batch, max_input, max_seq),
-                           timing_cache=timing_cache, validate=validate, validate_steps=steps, triton=triton)
+                           timing_cache=timing_cache, validate=validate, validate_steps=steps, triton=triton,
+                           layer_major=layer_major)
     say = (lambda _m: None) if quiet else (lambda message: click.echo(f"build: {message}", err=True))
     result = run_build(ckpt, out, options, quiet=quiet, say=say, force=force)
     for note in result.notes:

@@ -7,8 +7,9 @@ from the model's size with factors measured on this project's machines; docs/BEN
 lists each measurement behind them.
 
 The limit is the smallest of: LLAMA_EXPORT_MEMORY_LIMIT (bytes, or with a K/M/G/T suffix: for tests and for
-users who want to leave room for other work), the headroom of every cgroup v2 ancestor with a memory.max
-(memory.max − memory.current), and /proc/meminfo's MemAvailable.
+users who want to leave room for other work), the headroom of this process's memory cgroup and its ancestors
+(v2: memory.max − memory.current; v1: memory.limit_in_bytes − memory.usage_in_bytes), and /proc/meminfo's
+MemAvailable.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 # Measured factors (docs/BENCHMARKS.md, "Memory planning"). Bytes are host anonymous memory at the stage's peak.
 RUNTIME_BASE = 0.5 * GB  # torch + onnxruntime (+ the builder's) libraries and the graph, before any weight
 EXPORT_LARGEST_TENSOR_COPIES = 2  # the stream keeps two fp32 buffers of the largest tensor (AlternatingBuffers)
-ENGINE_WEIGHT_FACTOR = {"tensorrt-rtx": 4.4, "tensorrt": 4.4}  # builder peak / weight bytes of the ONNX file
+# Builder peak RssAnon / weight bytes of the ONNX file, both profiles (TensorRT-RTX 1.7 on CPU; docs/ENGINES.md
+# "Builder host memory": no builder option measured here lowers it by more than a fifth). Full TensorRT: unmeasured
+# (not installable here), assumed the same.
+ENGINE_WEIGHT_FACTOR = {"tensorrt-rtx": 4.8, "tensorrt": 4.8}
 WHOLE_VALIDATION_FP32_FACTOR = 1.17  # whole-model validation peak / fp32 weight bytes (one side at a time)
 # Layer-major validation: one block of every side at once (fp32 reference + candidate-dtype noise model + the
 # ORT piece, which casts fp16 weights to fp32 on CPU) and, before and after the blocks, the embedding / output
@@ -68,28 +72,34 @@ def parse_size(text: str) -> int:
 
 
 def _cgroup_headroom() -> tuple[int, str] | None:
-    """The smallest memory.max − memory.current over this process's cgroup v2 and its ancestors."""
+    """The smallest limit − usage over this process's memory cgroup and its ancestors: cgroup v2 (memory.max,
+    memory.current) or v1 (memory.limit_in_bytes, memory.usage_in_bytes; "unlimited" is a huge number there)."""
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
         return None
-    path = next((line.split("::", 1)[1] for line in lines if line.startswith("0::")), None)
-    if path is None:
-        return None
+    v1 = next((line.split(":", 2)[2] for line in lines if line.split(":")[1:2] == ["memory"]), None)
+    if v1 is not None:
+        root, files = Path("/sys/fs/cgroup/memory"), ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        path = v1
+    else:
+        root, files = Path("/sys/fs/cgroup"), ("memory.max", "memory.current")
+        path = next((line.split("::", 1)[1] for line in lines if line.startswith("0::")), None)
+        if path is None:
+            return None
     best = None
-    folder = Path("/sys/fs/cgroup") / path.lstrip("/")
+    folder = root / path.lstrip("/")
     while True:
         try:
-            maximum = (folder / "memory.max").read_text().strip()
-            current = int((folder / "memory.current").read_text())
+            maximum, current = ((folder / name).read_text().strip() for name in files)
+            maximum, current = (None if maximum == "max" else int(maximum)), int(current)
         except (OSError, ValueError):
-            maximum = "max"
-        if maximum != "max":
-            headroom = int(maximum) - current
+            maximum = None
+        if maximum is not None and maximum < 1 << 60:
+            headroom = maximum - current
             if best is None or headroom < best[0]:
-                source = f"cgroup {folder} memory.max {int(maximum) / GB:.1f} GB, {current / GB:.1f} GB in use"
-                best = (headroom, source)
-        if folder == Path("/sys/fs/cgroup") or folder.parent == folder:
+                best = (headroom, f"cgroup {folder.name} limit {maximum / GB:.1f} GB, {current / GB:.1f} GB in use")
+        if folder == root or folder.parent == folder:
             return best
         folder = folder.parent
 
@@ -119,6 +129,18 @@ def _gb(n: float) -> str:
     return f"{n / GB:.2f} GB"
 
 
+_WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8-wo": 1, "int8": 1, "int4-wo": 0.5}
+
+
+def estimated_weight_bytes(args: ModelArgs, precision: str) -> int:
+    """The exported weights' size before the export exists: quantized precisions quantize the blocks' matrices;
+    the embedding and output matrices stay in the float dtype (2 bytes assumed)."""
+    tables = 2 * args.vocab_size * args.dim
+    if precision in ("fp32", "fp16", "bf16"):
+        return int(_WEIGHT_BYTES[precision] * args.n_params)
+    return int(_WEIGHT_BYTES.get(precision, 2) * (args.n_params - tables) + 2 * tables)
+
+
 def export_need(args: ModelArgs) -> Need:
     largest = 4 * args.vocab_size * args.dim
     return Need("the export", int(RUNTIME_BASE * 2 + EXPORT_LARGEST_TENSOR_COPIES * largest),
@@ -146,5 +168,5 @@ def streamed_validation_need(args: ModelArgs) -> Need:
                 f"{STREAMED_TABLE_FACTOR}, fp32")
 
 
-__all__ = ["LIMIT_ENV", "Limit", "Need", "engine_need", "export_need", "memory_limit", "parse_size",
+__all__ = ["LIMIT_ENV", "Limit", "Need", "engine_need", "estimated_weight_bytes", "export_need", "memory_limit", "parse_size",
            "streamed_validation_need", "whole_validation_need"]

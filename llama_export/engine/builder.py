@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,14 +155,19 @@ def compute_capabilities(trt, config) -> list[str]:
 
 
 def build_engine(onnx_path: Path, args: ModelArgs, plan_path: Path, limits: ProfileLimits | None = None,
-                 builder: str = "auto", timing_cache: Path | None = None, verbose: bool = False) -> EngineBuild:
+                 builder: str = "auto", timing_cache: Path | None = None, verbose: bool = False,
+                 profiles: tuple[str, ...] | None = None,
+                 configure: Callable[[object, object], list[str]] | None = None) -> EngineBuild:
+    """`profiles`: build only these optimization profiles (default: all of profiles.input_shapes).
+    `configure(trt, config)`: last changes to the builder config (benchmarks/engine_memory.py tries the memory
+    options with it); returns the names of the flags it set, recorded in the manifest."""
     limits = limits or ProfileLimits()
     found = find_builder(builder)
     if found is None:
         raise UserError(f"no TensorRT builder is installed; {INSTALL_HINT}")
     name, trt = found
     logger = trt.Logger(trt.Logger.INFO if verbose else trt.Logger.ERROR)
-    shapes = input_shapes(args, limits)
+    shapes = {p: s for p, s in input_shapes(args, limits).items() if profiles is None or p in profiles}
     start = time.perf_counter()
     trt_builder, network, notes = _parse(trt, Path(onnx_path), logger)
     decomposable = allow_attention_decomposition(trt, network)
@@ -187,6 +193,7 @@ def build_engine(onnx_path: Path, args: ModelArgs, plan_path: Path, limits: Prof
         data = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
         config.set_timing_cache(config.create_timing_cache(data), ignore_mismatch=False)
 
+    extra_flags = configure(trt, config) if configure is not None else []
     serialized = trt_builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineError(f"{name} could not build {Path(onnx_path).name} (rerun with --verbose for the builder log)")
@@ -202,7 +209,7 @@ def build_engine(onnx_path: Path, args: ModelArgs, plan_path: Path, limits: Prof
         builder_version=trt.__version__,
         limits=limits.to_dict(),
         profiles=accepted,
-        flags=["STRONGLY_TYPED", *(["ATTENTION_DECOMPOSABLE"] if decomposable else [])],
+        flags=["STRONGLY_TYPED", *(["ATTENTION_DECOMPOSABLE"] if decomposable else []), *extra_flags],
         compute_capabilities=compute_capabilities(trt, config),
         seconds=time.perf_counter() - start,
         sha256=hashlib.sha256(data).hexdigest(),
