@@ -226,15 +226,22 @@ def generate(folder, size, checkpoint, random_init, seed, prompts, max_new_token
 @click.option("--repo", type=click.Path(path_type=Path), help="Repository folder (default: FOLDER/triton).")
 @click.option("--name", help="Model name prefix (default: the size name, or llama).")
 @click.option("--instances", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Instances of the CPU generation front end.")
-def triton(folder, repo, name, instances):
+              help="Instances of the unary front end (and of the streaming one with --no-batching).")
+@click.option("--batching/--no-batching", default=True, show_default=True,
+              help="In-flight batching in the streaming front end; --no-batching serves requests one by one.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Most sequences decoding together (more wait in the queue).")
+@click.option("--max-tokens-in-flight", type=click.IntRange(min=1), default=None,
+              help="Most KV tokens (prompt + max_new_tokens) reserved over the batch [max-batch x context].")
+def triton(folder, repo, name, instances, batching, max_batch, max_tokens_in_flight):
     """Write a Triton model repository for an exported/built FOLDER (ONNX Runtime, TensorRT plan, streaming front end)."""
     try:
         from .triton.repository import write_repository
     except ImportError as exc:  # tritonclient (the config schema) is an optional extra
         raise UserError(f"llama-export triton needs {exc.name}: pip install 'llama-export[triton]'") from None
 
-    written = write_repository(folder, repo or Path(folder) / "triton", name=name, instances=instances)
+    written = write_repository(folder, repo or Path(folder) / "triton", name=name, instances=instances,
+                               batching=batching, max_batch=max_batch, max_tokens=max_tokens_in_flight)
     click.echo(f"wrote {written.path}: {', '.join(written.models.values())}", err=True)
 
 

@@ -72,11 +72,16 @@ def tensorrt_requirement(engine: dict) -> str:
 
 def frontend_config(name: str, args: ModelArgs, kv_dtype: str, max_input: int, max_seq: int, *,
                     onnx_model: str | None = None, plan_model: str | None = None,
-                    instances: int = 1, ort_threads: int = 1, decoupled: bool = True) -> pb.ModelConfig:
+                    instances: int = 1, ort_threads: int = 1, decoupled: bool = True,
+                    scheduler: str = protocol.SCHEDULER_IN_FLIGHT, max_batch: int = 16,
+                    max_tokens: int | None = None) -> pb.ModelConfig:
     """The Python model; exactly one of onnx_model (CPU, in-process ORT) or plan_model (GPU, BLS).
 
     decoupled=True streams (gRPC); decoupled=False is the unary sibling, because Triton's HTTP infer endpoint
-    refuses decoupled models."""
+    refuses decoupled models. scheduler (decoupled only): in-flight batching of up to max_batch sequences and
+    max_tokens reserved KV tokens (default max_batch full contexts), or serial."""
+    if scheduler not in (protocol.SCHEDULER_IN_FLIGHT, protocol.SCHEDULER_SERIAL):
+        raise ValueError(f"unknown scheduler {scheduler!r}")
     if (onnx_model is None) == (plan_model is None):
         raise ValueError("give exactly one of onnx_model and plan_model")
     config = pb.ModelConfig(name=name, backend="python", max_batch_size=0)
@@ -100,6 +105,9 @@ def frontend_config(name: str, args: ModelArgs, kv_dtype: str, max_input: int, m
     _parameter(config, protocol.PARAM_KV_DTYPE, kv_dtype)
     _parameter(config, protocol.PARAM_MAX_INPUT, str(max_input))
     _parameter(config, protocol.PARAM_MAX_SEQ, str(max_seq))
+    _parameter(config, protocol.PARAM_SCHEDULER, scheduler if decoupled else protocol.SCHEDULER_SERIAL)
+    _parameter(config, protocol.PARAM_MAX_BATCH, str(max_batch))
+    _parameter(config, protocol.PARAM_MAX_TOKENS, str(max_tokens or max_batch * max_seq))
     if onnx_model:
         _parameter(config, protocol.PARAM_ONNX_MODEL, onnx_model)
         _parameter(config, protocol.PARAM_ORT_THREADS, str(ort_threads))

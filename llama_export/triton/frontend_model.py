@@ -1,8 +1,11 @@
 """Triton Python-backend model: text in, tokens streamed out (decoupled transaction policy).
 
 Copied into the repository as `<name>/1/model.py` next to a vendored copy of the pure-Python llama_export modules
-it needs, so the prefill/decode KV loop (validate.runners.KVSession) and sampling (validate.generation) are the very
-code `llama-export generate` runs, not a second implementation. The backend's stub ignores PYTHONPATH, hence the
+it needs, so the batched KV loop (validate.batching), sampling (validate.generation) and the in-flight scheduler
+(triton.scheduler) are the very code `llama-export generate` runs, not a second implementation. Decoupled with
+in-flight batching (the default): execute() queues each request and returns; the scheduler thread decodes every
+running request in one batch and streams each one's tokens through its own response sender. Serial mode (config
+parameter `scheduler`) and the unary sibling run the same loop inside execute(). The backend's stub ignores PYTHONPATH, hence the
 sys.path line. CPU variant: ONNX Runtime in-process. GPU variant: each forward is a BLS call to the tensorrt_plan
 model (prefill and decode shapes select the engine's profiles).
 """
@@ -21,8 +24,10 @@ from llama_export import io_spec
 from llama_export.config import ModelArgs
 from llama_export.exporter.tokenizer import Tokenizer
 from llama_export.triton import protocol
+from llama_export.triton.scheduler import InFlightScheduler, Job, Metrics, RequestError
 from llama_export.triton.streaming import TextStreamer
-from llama_export.validate.generation import Sampling, generate_tokens
+from llama_export.validate.batching import Sequence
+from llama_export.validate.generation import Sampling
 
 
 class BlsRunner:
@@ -53,10 +58,6 @@ class BlsRunner:
         return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in self._outputs}
 
 
-class RequestError(ValueError):
-    """A request the client got wrong; its message goes back as the response error."""
-
-
 def _scalar(request, name, default):
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:
@@ -82,6 +83,41 @@ def _response(text: str, ids):
     ])
 
 
+class TritonMetrics(Metrics):
+    """The scheduler's figures as Triton custom metrics (the server's /metrics endpoint), one label set per
+    model instance."""
+
+    TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+    def __init__(self, labels: dict[str, str]):
+        gauge, counter = pb_utils.MetricFamily.GAUGE, pb_utils.MetricFamily.COUNTER
+        # The families must outlive their metrics: keep both.
+        self.families = {
+            "queue": pb_utils.MetricFamily(protocol.METRIC_QUEUE, "Requests waiting to join the running batch",
+                                           gauge),
+            "batch": pb_utils.MetricFamily(protocol.METRIC_BATCH, "Sequences in the running batch", gauge),
+            "tokens": pb_utils.MetricFamily(protocol.METRIC_TOKENS, "Tokens generated", counter),
+            "ttft": pb_utils.MetricFamily(protocol.METRIC_TTFT, "Seconds from request to its first token",
+                                          pb_utils.MetricFamily.HISTOGRAM),
+        }
+        self.queue = self.families["queue"].Metric(labels=labels)
+        self.batch = self.families["batch"].Metric(labels=labels)
+        self.tokens = self.families["tokens"].Metric(labels=labels)
+        self.ttft = self.families["ttft"].Metric(labels=labels, buckets=list(self.TTFT_BUCKETS))
+
+    def queued(self, length):
+        self.queue.set(length)
+
+    def running(self, batch_size):
+        self.batch.set(batch_size)
+
+    def generated(self, tokens):
+        self.tokens.increment(tokens)
+
+    def first_token(self, seconds):
+        self.ttft.observe(seconds)
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -99,45 +135,52 @@ class TritonPythonModel:
                                     intra_op_threads=int(params.get(protocol.PARAM_ORT_THREADS, "0")))
         else:
             self.runner = BlsRunner(params[protocol.PARAM_PLAN_MODEL], self.args, params[protocol.PARAM_KV_DTYPE])
+        self.in_flight = self.decoupled and params.get(protocol.PARAM_SCHEDULER) == protocol.SCHEDULER_IN_FLIGHT
+        max_batch = int(params.get(protocol.PARAM_MAX_BATCH, "1"))
+        max_tokens = int(params.get(protocol.PARAM_MAX_TOKENS, str(max_batch * self.max_seq)))
+        metrics = TritonMetrics({"model": args["model_name"], "instance": args["model_instance_name"]})
+        self.scheduler = InFlightScheduler(self.runner, max_batch, max_tokens, metrics)
 
     def execute(self, requests):
         if not self.decoupled:  # the unary sibling (HTTP cannot call decoupled models): one response each
-            return [self._complete(request) for request in requests]
+            return self._complete(requests)
         for request in requests:
             sender = request.get_response_sender()
             try:
-                self._stream(request, sender)
+                job = self._job(request, *_sender_callbacks(sender, bool(_scalar(request, protocol.STREAM, False))))
+                if self.in_flight:
+                    self.scheduler.submit(job)  # returns at once: the scheduler thread answers
+                else:
+                    self.scheduler.run([job])  # serial: this request to the end, then the next
             except RequestError as exc:
-                self._fail(sender, str(exc))
+                _fail(sender, str(exc))
             except Exception as exc:  # noqa: BLE001 - any failure must end the stream, never hang the client
-                self._fail(sender, f"{type(exc).__name__}: {exc}")
+                _fail(sender, f"{type(exc).__name__}: {exc}")
+        return None
 
-    @staticmethod
-    def _fail(sender, message):
-        sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)),
-                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+    def finalize(self):
+        self.scheduler.shutdown()
 
-    def _complete(self, request):
-        try:
-            text, ids = _joined(self._generate(request))
-            return _response(text, ids)
-        except Exception as exc:  # noqa: BLE001 - the error goes back to the client as the response
-            message = str(exc) if isinstance(exc, RequestError) else f"{type(exc).__name__}: {exc}"
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+    def _complete(self, requests):
+        """Unary: this execute call's requests decode as one batch; one response each."""
+        responses = [None] * len(requests)
+        jobs = []
+        for i, request in enumerate(requests):
+            def respond(text, ids, final, i=i):
+                responses[i] = _response(text, ids)
 
-    def _stream(self, request, sender):
-        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        pieces = self._generate(request)
-        if not bool(_scalar(request, protocol.STREAM, False)):
-            text, ids = _joined(pieces)
-            sender.send(_response(text, ids), flags=final)
-            return
-        for text, ids in pieces:
-            sender.send(_response(text, ids))
-        sender.send(flags=final)
+            def fail(message, i=i):
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
 
-    def _generate(self, request):
-        """Check the request, then yield (new text, [token id]) per token and a last (held-back text, [])."""
+            try:
+                jobs.append(self._job(request, respond, fail, stream=False))
+            except Exception as exc:  # noqa: BLE001 - the error goes back to the client as the response
+                fail(str(exc) if isinstance(exc, RequestError) else f"{type(exc).__name__}: {exc}")
+        self.scheduler.run(jobs)
+        return responses
+
+    def _job(self, request, respond, fail, cancelled=lambda: False, stream=False):
+        """Check the request and make its scheduler job (RequestError names what is wrong)."""
         prompt = _scalar(request, protocol.TEXT_INPUT, None)
         if prompt is None:
             raise RequestError(f"{protocol.TEXT_INPUT} is missing: send the prompt as a 1-element BYTES tensor")
@@ -151,22 +194,30 @@ class TritonPythonModel:
         ids = self.tokenizer.encode(prompt)
         if len(ids) > self.max_input:
             raise RequestError(f"the prompt is {len(ids)} tokens; this model takes at most {self.max_input}")
+        if not ids:
+            raise RequestError("the prompt encodes to no tokens")
+        sequence = Sequence(ids, max_new, sampling, frozenset({self.tokenizer.eos_id}), max_length=self.max_seq)
         streamer = TextStreamer(self.tokenizer.decode, ids, _strings(request, protocol.STOP))
-        return self._pieces(streamer, generate_tokens(
-            self.runner, ids, max_new, sampling, stop_ids=frozenset({self.tokenizer.eos_id}),
-            max_length=self.max_seq))
-
-    @staticmethod
-    def _pieces(streamer, tokens):
-        for token in tokens:
-            yield streamer.push(token), [token]
-            if streamer.stopped:
-                return
-        tail = streamer.finish()
-        if tail:
-            yield tail, []
+        return Job(sequence, streamer, respond, fail, cancelled, stream=stream)
 
 
-def _joined(pieces):
-    pieces = list(pieces)
-    return "".join(text for text, _ in pieces), [token for _, ids in pieces for token in ids]
+def _fail(sender, message):
+    sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)),
+                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+
+def _sender_callbacks(sender, stream: bool):
+    """(respond, fail, cancelled, stream) for a decoupled request. Streaming sends each piece as its own response
+    and the final flag alone (clients stop reading at the flag); otherwise one final response with everything."""
+    final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+    def respond(text, ids, last):
+        if not stream:
+            sender.send(_response(text, ids), flags=final)
+            return
+        if text or ids:
+            sender.send(_response(text, ids))
+        if last:
+            sender.send(flags=final)
+
+    return respond, lambda message: _fail(sender, message), sender.is_cancelled, stream

@@ -29,5 +29,17 @@ PARAM_KV_DTYPE = "kv_dtype"  # numpy dtype name of the KV cache
 PARAM_MAX_INPUT = "max_input"  # longest prompt in tokens (engine profile limit, or context - 1)
 PARAM_MAX_SEQ = "max_seq"  # KV capacity: prompt + generated tokens
 PARAM_ORT_THREADS = "ort_intra_op_threads"
+PARAM_SCHEDULER = "scheduler"  # SCHEDULER_IN_FLIGHT or SCHEDULER_SERIAL (decoupled front end)
+PARAM_MAX_BATCH = "max_batch"  # most sequences decoding together
+PARAM_MAX_TOKENS = "max_tokens_in_flight"  # most KV tokens reserved (prompt + max_new_tokens) over the batch
 PARAM_TENSORRT_VERSION = "tensorrt_version"  # on the tensorrt_plan model: the builder that made the engine
+SCHEDULER_IN_FLIGHT = "in_flight"  # execute() queues; a scheduler thread batches every running request
+SCHEDULER_SERIAL = "serial"  # execute() runs each request to the end before the next (the benchmark baseline)
+
+# Triton custom metrics the front end reports (labels: model, instance).
+METRIC_QUEUE = "llama_export_queue_length"  # gauge: requests waiting to join the batch
+METRIC_BATCH = "llama_export_batch_size"  # gauge: sequences in the running batch
+METRIC_TOKENS = "llama_export_generated_tokens"  # counter
+METRIC_TTFT = "llama_export_time_to_first_token_seconds"  # histogram
+
 TOKENIZER_FILE = "tokenizer.model"  # next to model.py

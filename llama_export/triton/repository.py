@@ -29,7 +29,8 @@ from .containers import container_advice
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 # The pure-Python modules the front end runs (none imports torch, onnx or tritonclient at module level).
 VENDORED_MODULES = ("errors.py", "config.py", "io_spec.py", "validate/runners.py", "validate/generation.py",
-                    "exporter/tokenizer.py", "triton/protocol.py", "triton/streaming.py")
+                    "validate/batching.py", "exporter/tokenizer.py", "triton/protocol.py", "triton/streaming.py",
+                    "triton/scheduler.py")
 VENDORED_PACKAGES = ("", "validate", "exporter", "triton")  # get an empty __init__.py: the real ones may grow imports
 
 
@@ -89,8 +90,14 @@ def _write_frontend(staging: Path, name: str, built: Artifacts, config) -> None:
 
 
 def write_repository(folder: str | Path, repo: str | Path, name: str | None = None,
-                     instances: int = 2) -> Repository:
-    """Write REPO for the built folder DIR (see the module docstring); returns what was written."""
+                     instances: int = 2, batching: bool = True, max_batch: int = 16,
+                     max_tokens: int | None = None) -> Repository:
+    """Write REPO for the built folder DIR (see the module docstring); returns what was written.
+
+    batching: the decoupled front end batches requests in flight (one instance owning every core, up to
+    max_batch sequences and max_tokens KV tokens); without it, `instances` serial instances of one ORT thread
+    each (the layout before in-flight batching, kept as the benchmark baseline). The unary sibling always has
+    `instances` instances."""
     built = load_manifest(folder)
     if built.tokenizer_path is None:
         raise UserError(f"{built.folder} has no tokenizer.model; the generation front end needs one "
@@ -116,10 +123,14 @@ def write_repository(folder: str | Path, repo: str | Path, name: str | None = No
             _link_or_copy(built.folder / data, onnx_dir / data)
         _write_config(staging / models["onnx"], onnx_config)
         max_seq = args.max_seq_len
+        in_flight = {"instances": 1, "ort_threads": 0, "scheduler": protocol.SCHEDULER_IN_FLIGHT}
+        serial = {"instances": instances, "ort_threads": 1, "scheduler": protocol.SCHEDULER_SERIAL}
         for role, decoupled in (("generate", True), ("complete", False)):
+            layout = in_flight if batching and decoupled else serial
             _write_frontend(staging, models[role], built, configs.frontend_config(
                 models[role], args, kv_dtype, max_input=max_seq - 1, max_seq=max_seq,
-                onnx_model=f"{models['onnx']}/1/model.onnx", instances=instances, decoupled=decoupled))
+                onnx_model=f"{models['onnx']}/1/model.onnx", decoupled=decoupled, max_batch=max_batch,
+                max_tokens=max_tokens, **layout))
         if engine:
             plan_config = configs.plan_model_config(models["plan"], args, kv_dtype, engine)
             checks.check_model_io(plan_config, args, kv_dtype)
@@ -129,7 +140,8 @@ def write_repository(folder: str | Path, repo: str | Path, name: str | None = No
             limits = engine["limits"]
             _write_frontend(staging, models["generate_trt"], built, configs.frontend_config(
                 models["generate_trt"], args, kv_dtype, max_input=limits["max_input"], max_seq=limits["max_seq"],
-                plan_model=models["plan"]))
+                plan_model=models["plan"], max_batch=min(max_batch, limits.get("max_batch", 1)),
+                scheduler=protocol.SCHEDULER_IN_FLIGHT if batching else protocol.SCHEDULER_SERIAL))
         (staging / "README.md").write_text(repository_readme(built, models, engine), encoding="utf-8")
     tensorrt = configs.tensorrt_requirement(engine) if engine else None
     return Repository(Path(repo).absolute(), models, tensorrt)

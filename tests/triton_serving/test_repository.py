@@ -44,6 +44,10 @@ def test_cpu_repository_layout_and_configs(tiny_repo, tiny_dir):
     assert generate.model_transaction_policy.decoupled and not complete.model_transaction_policy.decoupled
     assert generate.parameters[protocol.PARAM_ONNX_MODEL].string_value == "tiny_onnx/1/model.onnx"
     assert ModelArgs.from_dict(json.loads(generate.parameters[protocol.PARAM_MODEL_ARGS].string_value)) == built.args
+    assert generate.parameters[protocol.PARAM_SCHEDULER].string_value == protocol.SCHEDULER_IN_FLIGHT
+    assert generate.instance_group[0].count == 1, "one batching instance owns the cores"
+    assert complete.parameters[protocol.PARAM_SCHEDULER].string_value == protocol.SCHEDULER_SERIAL
+    assert int(generate.parameters[protocol.PARAM_MAX_TOKENS].string_value) == 16 * built.args.max_seq_len
     for model in ("tiny_generate", "tiny_complete"):
         version = tiny_repo / model / "1"
         assert (version / "model.py").is_file() and (version / protocol.TOKENIZER_FILE).is_file()
@@ -55,7 +59,8 @@ def test_vendored_modules_import_without_torch(tiny_repo):
     code = ("import sys; [sys.modules.__setitem__(m, None) for m in ('torch', 'onnx', 'tritonclient')];"
             f"sys.path.insert(0, {str(tiny_repo / 'tiny_generate' / '1')!r});"
             "import llama_export.validate.runners, llama_export.validate.generation, llama_export.exporter.tokenizer;"
-            "import llama_export.triton.streaming, llama_export.triton.protocol;"
+            "import llama_export.triton.streaming, llama_export.triton.protocol, llama_export.validate.batching;"
+            "import llama_export.triton.scheduler;"
             "assert 'tiny_generate' in llama_export.__file__, llama_export.__file__")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
@@ -172,9 +177,12 @@ def test_cli_writes_the_repository_and_reports_user_errors(tiny_dir, tmp_path):
 
     from llama_export.cli import main
 
-    result = CliRunner().invoke(main, ["triton", str(tiny_dir), "--repo", str(tmp_path / "repo"), "--name", "demo"])
+    result = CliRunner().invoke(main, ["triton", str(tiny_dir), "--repo", str(tmp_path / "repo"), "--name", "demo",
+                                       "--no-batching", "--instances", "3"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "repo" / "demo_generate" / "config.pbtxt").is_file()
+    serial = _config(tmp_path / "repo" / "demo_generate" / "config.pbtxt")
+    assert serial.parameters[protocol.PARAM_SCHEDULER].string_value == protocol.SCHEDULER_SERIAL
+    assert serial.instance_group[0].count == 3 and serial.model_transaction_policy.decoupled
     missing = CliRunner().invoke(main, ["triton", str(tmp_path / "nothing"), "--repo", str(tmp_path / "r2")])
     assert missing.exit_code == 2 and "llama-export export" in missing.output
     assert not (tmp_path / "r2").exists()

@@ -1,11 +1,16 @@
 """A real tritonserver on loopback serving the tiny model's CPU repository: parity with `llama-export generate`,
-200 requests with 8 in flight, malformed requests, streaming. Run alone with `pytest -m triton`."""
+200 streamed requests with 16 in flight through the in-flight batching front end (each equal to its batch-1
+generation, malformed ones among them refused alone), the unary sibling under load, malformed requests,
+cancellation, custom metrics. Run alone with `pytest -m triton`."""
 
 from __future__ import annotations
 
 import importlib.util
+import random
+import re
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +31,7 @@ from llama_export.validate.runners import OrtRunner
 
 pytestmark = pytest.mark.triton
 PROMPT, NEW_TOKENS = "The for statement", 16
-REQUESTS, IN_FLIGHT, REQUEST_TIMEOUT = 200, 8, 60.0
+REQUESTS, IN_FLIGHT, REQUEST_TIMEOUT = 200, 16, 60.0
 
 
 def _load_example():
@@ -94,27 +99,101 @@ def test_sampling_is_seeded_and_stop_strings_cut(server):
     assert streamed == cut
 
 
-def test_200_requests_with_8_in_flight(server):
-    def one(i: int) -> float:
+@pytest.fixture(scope="module")
+def references(tiny_dir):
+    """Batch-1 greedy tokens (generate_tokens over KVSession) of each test prompt, 16 new tokens: with fewer
+    max_new_tokens a greedy run is the prefix."""
+    built = load_manifest(tiny_dir)
+    tokenizer = Tokenizer(built.tokenizer_path)
+    runner = OrtRunner(built.model_path, built.args)
+    return {f"{PROMPT} {i}": list(generate_tokens(runner, tokenizer.encode(f"{PROMPT} {i}"), NEW_TOKENS,
+                                                  stop_ids=frozenset({tokenizer.eos_id}),
+                                                  max_length=built.args.max_seq_len)) for i in range(8)}
+
+
+MALFORMED = [({"prompt": "word " * 2000}, "this model takes at most"), ({"prompt": PROMPT, "top_p": 0.0}, "top_p")]
+
+
+def test_200_streamed_requests_with_16_in_flight_equal_batch_1(server, references):
+    rng = random.Random(0)
+    jobs = [{"prompt": rng.choice(list(references)), "max_new_tokens": rng.randint(1, NEW_TOKENS)}
+            for _ in range(REQUESTS)]
+    malformed = {}
+    for n, i in enumerate(range(7, REQUESTS, 40)):  # malformed requests land in the middle of running batches
+        jobs[i], malformed[i] = MALFORMED[n % 2][0], MALFORMED[n % 2][1]
+
+    def one(i):
         start = time.perf_counter()
-        client_example.complete(server.http_url, "tiny", f"{PROMPT} {i}", max_new_tokens=8, timeout=REQUEST_TIMEOUT)
-        return time.perf_counter() - start
+        try:
+            ids = [t for _, ids in client_example.stream(server.grpc_url, "tiny", timeout=REQUEST_TIMEOUT,
+                                                         **jobs[i]) for t in ids]
+        except InferenceServerException as exc:
+            return exc, time.perf_counter() - start
+        return ids, time.perf_counter() - start
 
     started = time.perf_counter()
-    errors, latencies = [], []
     with ThreadPoolExecutor(IN_FLIGHT) as pool:
-        futures = [pool.submit(one, i) for i in range(REQUESTS)]
-        for future in futures:
-            try:
-                latencies.append(future.result(timeout=REQUEST_TIMEOUT * 2))
-            except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
-                errors.append(repr(exc))
+        results = list(pool.map(one, range(REQUESTS)))
     wall = time.perf_counter() - started
-    p50, p99 = np.percentile(latencies, [50, 99]) * 1000 if latencies else (float("nan"),) * 2
-    print(f"\n{REQUESTS} requests, {IN_FLIGHT} in flight, 8 new tokens each: p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
-          f"{REQUESTS / wall:.1f} req/s, {len(errors)} errors")
-    assert not errors, errors[:3]
-    assert len(latencies) == REQUESTS
+    wrong = []
+    for i, (got, _) in enumerate(results):
+        if i in malformed:
+            assert isinstance(got, InferenceServerException) and malformed[i] in str(got), got
+        elif got != references[jobs[i]["prompt"]][:jobs[i]["max_new_tokens"]]:
+            wrong.append((jobs[i], got))
+    latencies = np.array([seconds for got, seconds in results if isinstance(got, list)]) * 1000
+    print(f"\n{REQUESTS} streamed requests, {IN_FLIGHT} in flight, 1-{NEW_TOKENS} new tokens: "
+          f"p50 {np.percentile(latencies, 50):.1f} ms, p99 {np.percentile(latencies, 99):.1f} ms, "
+          f"{wall:.1f} s, {len(malformed)} malformed refused")
+    assert not wrong, wrong[:3]
+    assert _live(server)
+
+
+def test_unary_sibling_under_load(server, references):
+    prompts = list(references)
+
+    def one(i: int) -> list[int]:
+        return client_example.complete(server.http_url, "tiny", prompts[i % 8], max_new_tokens=8,
+                                       timeout=REQUEST_TIMEOUT)[1]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(40)))
+    assert all(ids == references[prompts[i % 8]][:8] for i, ids in enumerate(results))
+
+
+def _metric(text: str, name: str) -> float:
+    """Sum of a metric's samples for the streaming model."""
+    pattern = rf"^{name}{{[^}}]*model=\"tiny_generate\"[^}}]*}} (\S+)$"
+    return sum(float(v) for v in re.findall(pattern, text, flags=re.MULTILINE))
+
+
+def test_metrics_on_the_metrics_endpoint(server):
+    before = _metric(server.metrics(), protocol.METRIC_TOKENS)
+    ids = [t for _, ids in client_example.stream(server.grpc_url, "tiny", PROMPT, max_new_tokens=5) for t in ids]
+    text = server.metrics()
+    for name in (protocol.METRIC_QUEUE, protocol.METRIC_BATCH, protocol.METRIC_TOKENS):
+        assert re.search(rf"^{name}{{", text, flags=re.MULTILINE), f"{name} missing from the metrics endpoint"
+    assert _metric(text, protocol.METRIC_TOKENS) - before == len(ids) > 0
+    assert _metric(text, f"{protocol.METRIC_TTFT}_count") >= 1
+    assert _metric(text, protocol.METRIC_BATCH) == 0 and _metric(text, protocol.METRIC_QUEUE) == 0
+
+
+def test_cancelled_stream_leaves_the_batch(server):
+    """A client that cancels its gRPC stream is dropped at the next step: the token counter stops short."""
+    before = _metric(server.metrics(), protocol.METRIC_TOKENS)
+    received = threading.Event()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: received.set())
+    client.async_stream_infer("tiny_generate", client_example._inputs(grpcclient, PROMPT, 400, 0.0, 1.0, 0, [], True))
+    assert received.wait(REQUEST_TIMEOUT), "no first token"
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and _metric(server.metrics(), protocol.METRIC_BATCH) > 0:
+        time.sleep(0.2)
+    generated = _metric(server.metrics(), protocol.METRIC_TOKENS) - before
+    assert _metric(server.metrics(), protocol.METRIC_BATCH) == 0 and 0 < generated < 400, generated
+    assert client_example.complete(server.http_url, "tiny", PROMPT, max_new_tokens=2)[1]
 
 
 def _http_infer(server, inputs: list[tuple[str, np.ndarray, str]]):

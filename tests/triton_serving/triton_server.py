@@ -90,8 +90,9 @@ class TritonServer:
 
     def __init__(self, venv: Path, repository: Path, models: list[str], workdir: Path):
         self.paths = server_paths(venv)
-        self.http_port, self.grpc_port = free_port(), free_port()
+        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         self.http_url, self.grpc_url = f"127.0.0.1:{self.http_port}", f"127.0.0.1:{self.grpc_port}"
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.log_path = workdir / "tritonserver.log"
         backends = backend_directory(self.paths, workdir / "backends")
         lib = libpython_dir()
@@ -103,7 +104,8 @@ class TritonServer:
                         f"--backend-directory={backends}", "--model-control-mode=explicit",
                         *(f"--load-model={m}" for m in models), "--http-address=127.0.0.1",
                         "--grpc-address=127.0.0.1", f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
-                        "--allow-metrics=false", "--exit-timeout-secs=5", "--log-verbose=0"]
+                        "--allow-metrics=true", "--allow-gpu-metrics=false", "--metrics-address=127.0.0.1",
+                        f"--metrics-port={self.metrics_port}", "--exit-timeout-secs=5", "--log-verbose=0"]
         self.env = env
         self.process: subprocess.Popen | None = None
 
@@ -142,6 +144,13 @@ class TritonServer:
                 self.process.wait(10)
         if getattr(self, "_log", None):
             self._log.close()
+
+    def metrics(self) -> str:
+        """The Prometheus text of the metrics endpoint."""
+        import urllib.request
+
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
+            return response.read().decode()
 
     def log_tail(self, n: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""

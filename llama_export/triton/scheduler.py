@@ -1,0 +1,223 @@
+"""In-flight batching for the generation front end: requests join and leave the running batch between steps.
+
+Pure Python (no Triton import), so the front end vendors it and tests drive it without a server. The front end
+turns each request into a `Job` whose callbacks send responses; `InFlightScheduler.submit()` queues it and
+returns at once, and one scheduler thread runs the batched KV loop (validate/batching.py): before each step it
+drops cancelled jobs and admits queued ones (each joins after its own prefill) while the limits allow —
+`max_batch` rows and `max_tokens` reserved KV tokens (prompt + max_new_tokens per job, capped by the context);
+what does not fit waits in the queue, and a job that could never fit is refused at submit. `run()` drives the
+same loop synchronously: the unary sibling (one execute call's requests) and the serial mode use it.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..validate.batching import BatchedGeneration, Sequence, Update
+from .streaming import TextStreamer
+
+
+class RequestError(ValueError):
+    """A request the client got wrong (or one that can never fit); its message goes back as the error."""
+
+
+class Metrics:
+    """What the scheduler reports; the front end's subclass forwards to Triton custom metrics. No-op here."""
+
+    def queued(self, length: int) -> None: ...
+
+    def running(self, batch_size: int) -> None: ...
+
+    def generated(self, tokens: int) -> None: ...
+
+    def first_token(self, seconds: float) -> None: ...
+
+
+@dataclass(eq=False)
+class Job:
+    """One request: its sequence, text streamer and the callbacks that answer the client.
+
+    respond(text, token_ids, final) sends one response; fail(message) ends the request with an error;
+    cancelled() says whether the client went away. stream=False sends everything in one final response."""
+
+    sequence: Sequence
+    streamer: TextStreamer
+    respond: Callable[[str, list[int], bool], None]
+    fail: Callable[[str], None]
+    cancelled: Callable[[], bool] = lambda: False
+    stream: bool = True
+    submitted: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    _pending_text: list[str] = field(default_factory=list)
+    _pending_ids: list[int] = field(default_factory=list)
+
+    @property
+    def reserved_tokens(self) -> int:
+        """KV tokens this job may hold at most: its prompt plus every token it may generate."""
+        total = len(self.sequence.prompt_ids) + self.sequence.max_new_tokens
+        limit = self.sequence.max_length
+        return total if limit is None else min(total, limit)
+
+
+class InFlightScheduler:
+    def __init__(self, runner, max_batch: int, max_tokens: int, metrics: Metrics | None = None):
+        self.batch = BatchedGeneration(runner)
+        self.max_batch, self.max_tokens = max_batch, max_tokens
+        self.metrics = metrics or Metrics()
+        self.jobs: dict[int, Job] = {}  # id(sequence) -> its job, for the rows of the batch
+        self.queue: collections.deque[Job] = collections.deque()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # -- submission (any thread) ------------------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        """Queue a job for the scheduler thread (started on first use)."""
+        self.check_fits(job)
+        with self._wake:
+            if self._stopping:
+                raise RequestError("the model is shutting down")
+            self.queue.append(job)
+            self.metrics.queued(len(self.queue))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="in-flight-scheduler", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def check_fits(self, job: Job) -> None:
+        if job.reserved_tokens > self.max_tokens:
+            raise RequestError(f"the request needs up to {job.reserved_tokens} tokens (prompt + max_new_tokens) "
+                               f"but this model holds at most {self.max_tokens} tokens in flight; "
+                               "lower max_new_tokens or shorten the prompt")
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the thread after the current step; fail every job still queued or running."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        for job in [*self.queue, *self.jobs.values()]:
+            _safe(job.fail, "the model is shutting down")
+        self.queue.clear()
+        self.jobs.clear()
+
+    # -- the loop -----------------------------------------------------------------------------------------------
+    def run(self, jobs: list[Job]) -> None:
+        """Run `jobs` to the end on the calling thread (unary and serial modes)."""
+        for job in jobs:
+            try:
+                self.check_fits(job)
+                self.queue.append(job)
+            except RequestError as exc:
+                _safe(job.fail, str(exc))
+        while self.queue or self.batch.rows:
+            self._iterate()
+
+    def _serve(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._stopping or self.queue or self.batch.rows):
+                    self._wake.wait()
+                if self._stopping:
+                    return
+            self._iterate()
+
+    def _iterate(self) -> None:
+        """Drop cancelled jobs, admit queued ones that fit, then one decode step for the batch."""
+        for job in [j for j in self.jobs.values() if _safe(j.cancelled)]:
+            self._cancel(job)
+        while True:
+            with self._wake:
+                if not self.queue or not self._fits(self.queue[0]):
+                    self.metrics.queued(len(self.queue))
+                    break
+                job = self.queue.popleft()
+            self._admit(job)
+        self.metrics.running(self.batch.batch_size)
+        if not self.batch.rows:
+            return
+        try:
+            updates = self.batch.step()
+        except Exception as exc:  # noqa: BLE001 - a failed step takes down the batch, never the thread
+            for job in list(self.jobs.values()):
+                _safe(job.fail, f"{type(exc).__name__}: {exc}")
+                self._leave(job)
+            self.metrics.running(0)
+            return
+        for update in updates:
+            self._deliver(self.jobs[id(update.sequence)], update)
+        self.metrics.running(self.batch.batch_size)  # rows that finished in this step are gone
+
+    def _fits(self, job: Job) -> bool:
+        in_flight = sum(j.reserved_tokens for j in self.jobs.values())
+        return self.batch.batch_size < self.max_batch and in_flight + job.reserved_tokens <= self.max_tokens
+
+    def _admit(self, job: Job) -> None:
+        if _safe(job.cancelled):
+            self._cancel(job)
+            return
+        try:
+            update = self.batch.join(job.sequence)
+        except Exception as exc:  # noqa: BLE001 - this job's prefill failed: it fails alone
+            _safe(job.fail, f"{type(exc).__name__}: {exc}")
+            return
+        if not job.sequence.finished:
+            self.jobs[id(job.sequence)] = job
+        self._deliver(job, update)
+
+    def _cancel(self, job: Job) -> None:
+        """The client went away: end its request (Triton still wants a final response) and free its row."""
+        self._leave(job)
+        _safe(job.fail, "the request was cancelled")
+
+    def _leave(self, job: Job) -> None:
+        self.batch.cancel(job.sequence)
+        self.jobs.pop(id(job.sequence), None)
+
+    def _deliver(self, job: Job, update: Update) -> None:
+        """Stream the new text (or hold it for the final response); finish the job when its sequence ended."""
+        if update.token is not None:
+            if job.first_token_at is None:
+                job.first_token_at = time.perf_counter()
+                self.metrics.first_token(job.first_token_at - job.submitted)
+            self.metrics.generated(1)
+            text = job.streamer.push(update.token)
+            if job.streamer.stopped:  # a stop string: the sequence ends here
+                self._leave(job)
+            if not self._send(job, text, [update.token], final=False):
+                return
+        if job.sequence.finished or job.streamer.stopped:
+            self.jobs.pop(id(job.sequence), None)
+            self._send(job, job.streamer.finish(), [], final=True)
+
+    def _send(self, job: Job, text: str, ids: list[int], final: bool) -> bool:
+        if not job.stream:
+            job._pending_text.append(text)
+            job._pending_ids += ids
+            if not final:
+                return True
+            text, ids = "".join(job._pending_text), job._pending_ids
+        elif not (text or ids or final):
+            return True
+        try:
+            job.respond(text, ids, final)
+            return True
+        except Exception:  # noqa: BLE001 - the client is gone: drop it, keep the batch going
+            self._leave(job)
+            return False
+
+
+def _safe(call, *args):
+    """Run a client callback; a client that went away must not stop the scheduler."""
+    try:
+        return call(*args)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+__all__ = ["InFlightScheduler", "Job", "Metrics", "RequestError"]
