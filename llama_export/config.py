@@ -34,6 +34,8 @@ class ModelArgs:
     rope_scaling: RopeScaling | None = None
     max_seq_len: int = 2048
     family: str = "llama"
+    # The output projection is the embedding matrix (Llama 3.2 1B/3B): one [vocab, dim] tensor serves both.
+    tie_embeddings: bool = False
 
     def __post_init__(self) -> None:
         kv = self.kv_heads
@@ -66,7 +68,8 @@ class ModelArgs:
         attention = 2 * d * d + 2 * d * kv_dim  # wq, wo, wk, wv
         feed_forward = 3 * d * self.hidden_dim  # w1, w2, w3
         norms = 2 * d
-        return 2 * self.vocab_size * d + self.n_layers * (attention + feed_forward + norms) + d
+        vocab_matrices = 1 if self.tie_embeddings else 2  # embedding (+ output projection)
+        return vocab_matrices * self.vocab_size * d + self.n_layers * (attention + feed_forward + norms) + d
 
     def replace(self, **changes) -> ModelArgs:
         return dataclasses.replace(self, **changes)
@@ -101,6 +104,17 @@ SIZES: dict[str, ModelArgs] = {
     "llama3-70b":  ModelArgs(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, multiple_of=4096, **_LLAMA3),
     "llama3.1-8b": ModelArgs(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, multiple_of=1024,
                              rope_scaling=RopeScaling(), **{**_LLAMA3, "max_seq_len": 131072}),
+    "llama3.1-70b": ModelArgs(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, multiple_of=4096,
+                             rope_scaling=RopeScaling(), **{**_LLAMA3, "max_seq_len": 131072}),
+    "llama3.1-405b": ModelArgs(dim=16384, n_layers=126, n_heads=128, n_kv_heads=8, multiple_of=4096,
+                               rope_scaling=RopeScaling(), **{**_LLAMA3, "ffn_dim_multiplier": 1.2,
+                                                             "max_seq_len": 131072}),
+    "llama3.2-1b": ModelArgs(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, multiple_of=256,
+                             rope_scaling=RopeScaling(factor=32.0), tie_embeddings=True,
+                             **{**_LLAMA3, "ffn_dim_multiplier": 1.5, "max_seq_len": 131072}),
+    "llama3.2-3b": ModelArgs(dim=3072, n_layers=28, n_heads=24, n_kv_heads=8, multiple_of=256,
+                             rope_scaling=RopeScaling(factor=32.0), tie_embeddings=True,
+                             **{**_LLAMA3, "ffn_dim_multiplier": 1.0, "max_seq_len": 131072}),
     "small":       ModelArgs(dim=768, n_layers=12, n_heads=12, n_kv_heads=4, vocab_size=32000, norm_eps=1e-5,
                              max_seq_len=2048, family="small"),
     "tiny":        ModelArgs(dim=256, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=2048, multiple_of=64,
@@ -141,6 +155,7 @@ def size_summary(name: str, args: ModelArgs) -> dict:
         "max_seq_len": args.max_seq_len,
         "rope_theta": args.rope_theta,
         "rope_scaling": args.rope_scaling is not None,
+        "tie_embeddings": args.tie_embeddings,
     }
 
 

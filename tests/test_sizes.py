@@ -14,6 +14,10 @@ META_COUNTS = {
     "llama2-70b": 68_976_648_192,
     "llama3-8b": 8_030_261_248,
     "llama3-70b": 70_553_706_496,
+    "llama3.1-70b": 70_553_706_496,
+    "llama3.1-405b": 405_853_388_800,
+    "llama3.2-1b": 1_235_814_400,  # tied embeddings: the [vocab, dim] matrix counts once
+    "llama3.2-3b": 3_212_749_824,
 }
 
 
@@ -35,7 +39,8 @@ def test_sizes_table_lists_every_size():
 
 
 @pytest.mark.parametrize("name,hidden", [("7b", 11008), ("13b", 13824), ("65b", 22016), ("llama2-70b", 28672),
-                                          ("llama3-8b", 14336)])
+                                          ("llama3-8b", 14336), ("llama3.1-405b", 53248), ("llama3.2-1b", 8192),
+                                          ("llama3.2-3b", 8192)])
 def test_hidden_dim_follows_metas_formula(name, hidden):
     assert SIZES[name].hidden_dim == hidden
 

@@ -50,8 +50,15 @@ def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
             p + "attention_norm.weight": (d,),
             p + "ffn_norm.weight": (d,),
         }
-    shapes |= {"norm.weight": (d,), "output.weight": (args.vocab_size, d)}
+    shapes["norm.weight"] = (d,)
+    if not args.tie_embeddings:  # tied: the embedding is the output projection
+        shapes["output.weight"] = (args.vocab_size, d)
     return shapes
+
+
+def output_weight_name(args: ModelArgs) -> str:
+    """The tensor the final projection multiplies by: output.weight, or the embedding when they are tied."""
+    return "tok_embeddings.weight" if args.tie_embeddings else "output.weight"
 
 
 class Checkpoint:
@@ -339,7 +346,8 @@ def save_checkpoint(state_dict: dict[str, torch.Tensor], args: ModelArgs, folder
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {n: (t if dtype is None else t.to(dtype)).contiguous() for n, t in state_dict.items()}
+    tensors = {n: (t if dtype is None else t.to(dtype)).contiguous() for n, t in state_dict.items()
+               if not (n == "output.weight" and args.tie_embeddings)}  # tied: the embedding is stored once
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": OWN_FORMAT, "rope_layout": "rotate_half"})
     (folder / "params.json").write_text(json.dumps(args.to_dict(), indent=2, sort_keys=True) + "\n")
 
@@ -432,5 +440,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Checkpoint", "SafetensorsCheckpoint", "check_tensors", "expected_shapes",
-           "file_sha256", "load_model", "open_checkpoint", "read_safetensors_header", "save_checkpoint"]
+__all__ = ["Checkpoint", "SafetensorsCheckpoint", "check_tensors", "expected_shapes", "file_sha256", "load_model",
+           "open_checkpoint", "output_weight_name", "read_safetensors_header", "save_checkpoint"]

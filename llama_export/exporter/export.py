@@ -260,6 +260,9 @@ def prepare_quantization(checkpoint: Checkpoint, precision: str, calibration_fil
         if calibration_file is not None or alpha is not None:
             raise UserError(f"--calibration / --alpha apply to --precision int8, not {precision}")
         return None
+    if checkpoint.args.tie_embeddings and (quantize_lm_head or quantize_embeddings):
+        raise UserError("these weights tie the output projection to the embedding (one matrix read by both); "
+                        "quantizing it is not supported: drop --quantize-lm-head / --quantize-embeddings")
     calibration = None
     if precision == "int8":
         text = cal.builtin_text() if calibration_file is None else cal.read_calibration_file(calibration_file)

@@ -114,7 +114,8 @@ def args_from_config(config: dict) -> ModelArgs:
     args = ModelArgs(dim=dim, n_layers=int(config["num_hidden_layers"]), n_heads=n_heads,
                      n_kv_heads=None if kv == n_heads else kv, vocab_size=int(config["vocab_size"]),
                      multiple_of=multiple_of, ffn_dim_multiplier=multiplier,
-                     norm_eps=float(config.get("rms_norm_eps", 1e-6)), rope_theta=theta, rope_scaling=scaling)
+                     norm_eps=float(config.get("rms_norm_eps", 1e-6)), rope_theta=theta, rope_scaling=scaling,
+                     tie_embeddings=bool(config.get("tie_word_embeddings", False)))  # LlamaConfig's default
     return with_known_size(args, int(config.get("max_position_embeddings") or 2048))
 
 
@@ -150,14 +151,13 @@ class HFCheckpoint(Checkpoint):
                 raise UserError(f"{source} places {hf} in {file}, which does not hold it; re-download the "
                                 "checkpoint")
             ours = our_name(hf)
+            if ours == "output.weight" and self.args.tie_embeddings:
+                continue  # saved anyway by some tools; transformers ties it to the embedding and ignores it
             if ours is None:
                 unmapped.append(hf)
                 continue
             self._where[ours] = (self.folder / file, hf)
             shapes[ours] = headers[file][hf]
-        if "output.weight" not in shapes and config.get("tie_word_embeddings") and "tok_embeddings.weight" in shapes:
-            self._where["output.weight"] = self._where["tok_embeddings.weight"]  # tied: lm_head is embed_tokens
-            shapes["output.weight"] = shapes["tok_embeddings.weight"]
         check_tensors(self.args, shapes, source=source, config=str(self.config_path), unmapped=unmapped,
                       label=hf_name, keys=HF_KEYS)
         self._files = SafetensorsFiles()
@@ -180,7 +180,7 @@ def hf_config(args: ModelArgs) -> dict:
     config = {"hidden_size": args.dim, "intermediate_size": args.hidden_dim, "num_hidden_layers": args.n_layers,
               "num_attention_heads": args.n_heads, "num_key_value_heads": args.kv_heads,
               "vocab_size": args.vocab_size, "rms_norm_eps": args.norm_eps,
-              "max_position_embeddings": args.max_seq_len, "tie_word_embeddings": False, "hidden_act": "silu",
+              "max_position_embeddings": args.max_seq_len, "tie_word_embeddings": args.tie_embeddings, "hidden_act": "silu",
               "attention_bias": False, "mlp_bias": False, "head_dim": args.head_dim}
     rope = None
     if (s := args.rope_scaling) is not None:

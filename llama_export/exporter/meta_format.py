@@ -81,7 +81,9 @@ def meta_params(args: ModelArgs) -> dict:
     return params
 
 
-def args_from_params(params: dict, vocab_size: int | None) -> ModelArgs:
+def args_from_params(params: dict, vocab_size: int | None, tied: bool = False) -> ModelArgs:
+    """ModelArgs from params.json; `vocab_size` from the embedding when params says -1 (LLaMA 1); `tied` when the
+    shards hold no output.weight (params.json has no key for it: the embedding is then the output projection)."""
     scaling = None
     if params.get("use_scaled_rope"):
         default = RopeScaling()
@@ -101,7 +103,7 @@ def args_from_params(params: dict, vocab_size: int | None) -> ModelArgs:
         multiple_of=int(params.get("multiple_of", 256)),
         ffn_dim_multiplier=None if params.get("ffn_dim_multiplier") is None else float(params["ffn_dim_multiplier"]),
         norm_eps=float(params.get("norm_eps", 1e-5)), rope_theta=float(params.get("rope_theta", 10000.0)),
-        rope_scaling=scaling)
+        rope_scaling=scaling, tie_embeddings=tied)
     return with_known_size(args, params.get("max_seq_len"))
 
 
@@ -158,7 +160,8 @@ class MetaCheckpoint(Checkpoint):
         self._embedding_dim = self._embedding_split(params)
         shapes = {name: self._merged_shape(name) for name in self._shards[0]}
         vocab = shapes.get("tok_embeddings.weight", (None,))[0]
-        self.args = args_from(lambda: args_from_params(params, vocab), self.params_path)
+        tied = "output.weight" not in shapes and "tok_embeddings.weight" in shapes
+        self.args = args_from(lambda: args_from_params(params, vocab, tied), self.params_path)
         source = str(self.paths[0]) if len(self.paths) == 1 else f"{self.folder}/consolidated.*.pth"
         check_tensors(self.args, shapes, source=source, config=str(self.params_path))
         n = len(self.paths)
@@ -237,6 +240,8 @@ def save_meta_checkpoint(state_dict: dict[str, torch.Tensor], args: ModelArgs, f
     folder = Path(folder)
     shards: list[dict[str, torch.Tensor]] = [{} for _ in range(n_shards)]
     for name, t in state_dict.items():
+        if name == "output.weight" and args.tie_embeddings:
+            continue  # tied: the shards hold the embedding only (a state dict from transformers lists both)
         if name.endswith("attention.wq.weight"):
             t = half_to_interleaved(t, args.n_heads)
         elif name.endswith("attention.wk.weight"):

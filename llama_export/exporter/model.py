@@ -150,7 +150,9 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
-        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        # Tied (Llama 3.2): no output parameter at all, so the state dict, the traced graph and model.onnx.data
+        # hold the matrix once (one initializer read by the Gather and the final MatMul).
+        self.output = None if args.tie_embeddings else nn.Linear(args.dim, args.vocab_size, bias=False)
 
     def forward(self, input_ids, position_ids, attention_mask, *past):
         if len(past) != 2 * self.args.n_layers:
@@ -162,11 +164,12 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.layers):
             h, key, value = layer(h, cos, sin, bias, past[2 * i], past[2 * i + 1])
             presents += [key, value]
-        logits = self.output(self.norm(h)).float()
+        h = self.norm(h)
+        logits = (F.linear(h, self.tok_embeddings.weight) if self.output is None else self.output(h)).float()
         return (logits, *presents)
 
     def empty_cache(self, batch: int) -> list[torch.Tensor]:
         """Zero-length past tensors for a prefill."""
-        p = self.output.weight
+        p = self.tok_embeddings.weight
         shape = (batch, self.args.kv_heads, 0, self.args.head_dim)
         return [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(2 * self.args.n_layers)]

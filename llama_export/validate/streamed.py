@@ -91,7 +91,7 @@ class TorchSide:
 
         norm = RMSNorm(self.args.dim, self.args.norm_eps)
         norm.weight = torch.nn.Parameter(weights["norm.weight"].to(self.dtype), requires_grad=False)
-        output = weights["output.weight"].to(self.dtype)
+        output = weights["output"].to(self.dtype)
         with torch.no_grad():
             rows = [torch.nn.functional.linear(norm(h), output).float()[0] for h in self.hidden]
         return torch.cat(rows).numpy()
@@ -157,6 +157,8 @@ def streamed_traces(checkpoint, split: SplitGraph, folder: Path, prompt_ids: lis
     and the candidate, computed block by block. Keys: reference, noise, candidate."""
     import torch
 
+    from ..exporter.checkpoints import output_weight_name
+
     say = progress or (lambda _message: None)
     args = checkpoint.args
     stream = chunks(prompt_ids, forced_ids)
@@ -179,7 +181,8 @@ def streamed_traces(checkpoint, split: SplitGraph, folder: Path, prompt_ids: lis
         del weights
         layers["candidate"].append(np.concatenate(candidate.block(i, stream)))
         gc.collect()
-    head = {"norm.weight": checkpoint.tensor("norm.weight"), "output.weight": checkpoint.tensor("output.weight")}
+    head = {"norm.weight": checkpoint.tensor("norm.weight"),
+            "output": checkpoint.tensor(output_weight_name(args))}  # the embedding, when tied
     traces = {name: Trace(side.head(head), layers[name]) for name, side in torch_sides.items()}
     del head
     traces["candidate"] = Trace(candidate.head(), layers["candidate"])

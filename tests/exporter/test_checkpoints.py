@@ -94,7 +94,8 @@ def test_llama1_params_with_vocab_minus_one_and_rope_freqs(tmp_path, tiny_args, 
 @pytest.mark.parametrize("size", sorted(SIZES))
 def test_config_files_describe_every_named_size_exactly(size):
     args = SIZES[size]
-    assert args_from_params(meta_params(args), None) == args
+    # params.json has no key for tying: a Meta folder says it by holding no output.weight
+    assert args_from_params(meta_params(args), None, tied=args.tie_embeddings) == args
     assert args_from_config({"model_type": "llama", **hf_config(args)}) == args
 
 
@@ -140,13 +141,43 @@ def test_hf_sharded_index_loads(tmp_path, tiny_args, tiny_state):
         open_checkpoint(tmp_path)
 
 
-def test_hf_tied_embeddings_share_the_embedding(tmp_path, tiny_args, tiny_state, write_hf):
+def test_hf_tied_embeddings_hold_the_matrix_once(tmp_path, tiny_args, tiny_state, write_hf):
+    """Llama 3.2: tie_word_embeddings true and no lm_head.weight; the embedding is the output projection."""
     state = {n: t for n, t in tiny_state.items() if n != "output.weight"}
-    write_hf(state, tiny_args, tmp_path)
-    config = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    write_hf(state, tiny_args.replace(tie_embeddings=True), tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["tie_word_embeddings"] is True
     ckpt = open_checkpoint(tmp_path)
-    assert torch.equal(ckpt.tensor("output.weight"), tiny_state["tok_embeddings.weight"])
+    assert ckpt.args.tie_embeddings and "output.weight" not in ckpt.names()
+    assert_same(ckpt.state_dict(), state)
+    model = load_model(ckpt)
+    assert model.output is None and torch.equal(model.tok_embeddings.weight, state["tok_embeddings.weight"])
+    # A folder that saved lm_head.weight anyway loads the same way (transformers ignores it when tied).
+    write_hf(tiny_state, tiny_args.replace(tie_embeddings=True), tmp_path / "with-lm-head")
+    assert_same(open_checkpoint(tmp_path / "with-lm-head").state_dict(), state)
+    # Untied, a missing lm_head.weight is still a missing tensor.
+    write_hf(state, tiny_args, tmp_path / "untied")
+    with pytest.raises(UserError, match="missing 1 tensor.*lm_head.weight"):
+        open_checkpoint(tmp_path / "untied")
+
+
+@pytest.mark.parametrize("fmt", ["meta", "own"])
+def test_meta_and_own_formats_store_a_tied_embedding_once(tmp_path, tiny_args, tiny_state, fmt):
+    args = tiny_args.replace(tie_embeddings=True)
+    if fmt == "meta":
+        save_meta_checkpoint(tiny_state, args, tmp_path, n_shards=2)  # output.weight in the dict is dropped
+        for shard in sorted(tmp_path.glob("consolidated.*.pth")):
+            assert "output.weight" not in torch.load(shard, weights_only=True)
+    else:
+        save_checkpoint(tiny_state, args, tmp_path)
+    ckpt = open_checkpoint(tmp_path)
+    assert ckpt.args == args
+    assert_same(ckpt.state_dict(), {n: t for n, t in tiny_state.items() if n != "output.weight"})
+
+
+def test_tied_models_count_the_matrix_once(tiny_args):
+    untied, tied = tiny_args, tiny_args.replace(tie_embeddings=True)
+    assert untied.n_params - tied.n_params == tiny_args.vocab_size * tiny_args.dim
+    assert sum(p.numel() for p in load_model(RandomCheckpoint(tied)).parameters()) == tied.n_params
 
 
 def test_hf_unsupported_rope_type_is_a_user_error(tmp_path, tiny_args, tiny_state, write_hf):

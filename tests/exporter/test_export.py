@@ -24,6 +24,8 @@ from llama_export.validate.runners import OrtRunner, TorchRunner
 CONFIGS = {
     "mha": ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=128, multiple_of=32),
     "gqa": ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32),
+    "gqa-tied": ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32,
+                          tie_embeddings=True),
 }
 FP32_ATOL = 1e-4
 
@@ -71,6 +73,24 @@ def test_graph_is_valid_and_its_data_stays_inside_the_folder(fp32_export):
     assert locations == {"model.onnx.data"}
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "model.onnx", "model.onnx.data"]
     assert not list(folder.parent.glob(".*tmp-*")), "the staging folder must be gone"
+
+
+def test_the_vocabulary_matrix_is_stored_once_when_tied(fp32_export):
+    """Tied (Llama 3.2): ONE [vocab, dim] initializer, read by the embedding Gather and (transposed) by the final
+    MatMul; model.onnx.data holds exactly n_params fp32 values (n_params counts the matrix once: test_sizes)."""
+    ckpt, folder = fp32_export
+    args = ckpt.args
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    vocab_matrices = [t.name for t in model.graph.initializer if list(t.dims) == [args.vocab_size, args.dim]]
+    assert len(vocab_matrices) == (1 if args.tie_embeddings else 2)
+    consumers = {node.op_type: node for node in model.graph.node if vocab_matrices[0] in node.input}
+    if args.tie_embeddings:
+        assert set(consumers) == {"Gather", "Transpose"}
+        transposed = consumers["Transpose"].output[0]
+        final = next(node for node in model.graph.node if transposed in node.input)
+        assert final.op_type == "MatMul"
+    lengths = [int(e.value) for t in model.graph.initializer for e in t.external_data if e.key == "length"]
+    assert sum(lengths) == args.n_params * 4
 
 
 def test_io_follows_io_spec(fp32_export):

@@ -24,6 +24,9 @@ CONFIGS = {
     "gqa-llama3-rope": ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32,
                                  rope_theta=500000.0, norm_eps=1e-5,
                                  rope_scaling=RopeScaling(factor=8.0, original_max_position_embeddings=64)),
+    # Llama 3.2 style: no lm_head.weight in the HF folder, no output.weight in the Meta shards
+    "gqa-tied": ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32,
+                          norm_eps=1e-5, tie_embeddings=True),
 }
 ATOL = 1e-5
 PREFILL, STEPS = 5, 6
@@ -52,6 +55,7 @@ def loaded(request, tmp_path_factory):
         ckpt = open_checkpoint(root / fmt)
         assert ckpt.args.hidden_dim == args.hidden_dim and ckpt.args.kv_heads == args.kv_heads
         assert ckpt.args.rope_scaling == args.rope_scaling and ckpt.args.rope_theta == args.rope_theta
+        assert ckpt.args.tie_embeddings == args.tie_embeddings
         ours[fmt] = load_model(ckpt)
     return args, hf, ours
 
