@@ -174,6 +174,16 @@ def test_meta_and_own_formats_store_a_tied_embedding_once(tmp_path, tiny_args, t
     assert_same(ckpt.state_dict(), {n: t for n, t in tiny_state.items() if n != "output.weight"})
 
 
+@pytest.mark.parametrize("flag", ["quantize_lm_head", "quantize_embeddings"])
+def test_quantizing_a_tied_matrix_is_refused(tiny_args, flag):
+    from llama_export.exporter.export import prepare_quantization
+
+    tied = RandomCheckpoint(tiny_args.replace(tie_embeddings=True))
+    assert prepare_quantization(tied, "int8-wo").quantize_lm_head is False  # the default leaves it in float
+    with pytest.raises(UserError, match="tie the output projection to the embedding"):
+        prepare_quantization(tied, "int8-wo", **{flag: True})
+
+
 def test_tied_models_count_the_matrix_once(tiny_args):
     untied, tied = tiny_args, tiny_args.replace(tie_embeddings=True)
     assert untied.n_params - tied.n_params == tiny_args.vocab_size * tiny_args.dim
