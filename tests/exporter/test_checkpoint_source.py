@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -77,17 +75,11 @@ def test_the_builtin_model_reopens_from_this_install_wherever_it_was_exported():
     assert reopened.folder.resolve() == TINY_ASSET.resolve() and reopened.fingerprint() == record["fingerprint"]
 
 
-def test_build_on_hf_and_meta_folders_validates_from_the_recorded_source(folders):
-    """The issue's failure: `build --checkpoint <HF folder>` exported, then exited 2 in validation."""
+def test_validate_reopens_the_recorded_folder_or_a_copy_with_the_same_fingerprint(folders):
+    """The issue's failure was `build --checkpoint <HF or Meta folder>` exiting 2 in validation; the whole build on
+    every folder kind runs in tests/test_real_folders.py."""
     from llama_export.exporter.export import export_to_folder
     from llama_export.validate.pipeline import validate_build
-
-    done = subprocess.run([sys.executable, "-m", "llama_export.cli", "build", "--checkpoint", str(folders / "hf"),
-                           "--out", str(folders / "out-hf"), "--engine", "skip", "--no-triton", "--steps", "2",
-                           "--quiet"], capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr
-    manifest = json.loads((folders / "out-hf" / "manifest.json").read_text())
-    assert manifest["checkpoint"]["format"] == "hf" and manifest["validation"]["passed"] is True
 
     out = export_to_folder(open_checkpoint(folders / "meta"), folders / "out-meta", quiet=True)
     assert validate_build(out, steps=2, prompt_tokens=8, write=False).passed
