@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from .exporter.export import (
     DEFAULT_OPSET,
     QUANTIZED_PRECISIONS,
     check_export_options,
+    copy_tokenizer,
     export_onnx,
     find_tokenizer_for,
     manifest_content,
@@ -94,8 +94,8 @@ def check_build_options(checkpoint: Checkpoint, options: BuildOptions) -> tuple[
     if options.triton and not _triton_available():
         raise UserError(f"--triton needs tritonclient (the Triton config schema): {TRITON_INSTALL_HINT}")
     if options.triton and find_tokenizer_for(checkpoint) is None:
-        raise UserError("--triton needs a tokenizer.model next to the weights (the generation front end "
-                        "tokenizes); use a checkpoint folder that has one, or --no-triton")
+        raise UserError("--triton needs a tokenizer next to the weights (tokenizer.json or tokenizer.model: the "
+                        "generation front end tokenizes); use a checkpoint folder that has one, or --no-triton")
     return builder
 
 
@@ -125,13 +125,22 @@ def plan_memory(checkpoint: Checkpoint, options: BuildOptions, builder) -> list[
 def export_inputs(checkpoint: Checkpoint, options: BuildOptions) -> dict:
     """What the export depends on: an existing export with the same inputs is kept."""
     quantization = options.quantization.manifest() if hasattr(options.quantization, "manifest") else None
+    tokenizer = find_tokenizer_for(checkpoint)  # its files are copied with the export
     return {"checkpoint": checkpoint.fingerprint(), "args": checkpoint.args.to_dict(), "precision": options.precision,
             "target": options.target, "opset": options.opset, "float_dtype": options.float_dtype,
-            "quantization": quantization, "tool": artifacts.tool_info()["version"]}
+            "quantization": quantization, "tool": artifacts.tool_info()["version"],
+            "tokenizer": None if tokenizer is None else {name: artifacts.sha256_of(tokenizer.folder / name)
+                                                         for name in tokenizer.files}}
 
 
 def _model_hashes(content: dict) -> dict:
     return {name: entry["sha256"] for name, entry in content["files"].items() if name.startswith("model.onnx")}
+
+
+def _tokenizer_hashes(content: dict) -> dict:
+    """sha256 of the tokenizer's files: validation (prompt text, stop ids) and the Triton front end use them."""
+    names = (content.get("tokenizer") or {}).get("files", [])
+    return {name: content["files"][name]["sha256"] for name in names if name in content["files"]}
 
 
 def _kept(content: dict | None, stage: str, inputs: dict) -> bool:
@@ -179,13 +188,14 @@ def build(checkpoint: Checkpoint, out_dir: str | Path, options: BuildOptions | N
     else:
         content = _export(checkpoint, options, folder, inputs, quiet, force, protect)
     artifacts.write_manifest(folder, content)  # drops stale entries (a killed stage's leftovers are not listed)
-    models = _model_hashes(artifacts.load_manifest(folder).manifest)
-    tokenizer = folder / artifacts.TOKENIZER if (folder / artifacts.TOKENIZER).is_file() else None
+    written = artifacts.load_manifest(folder).manifest
+    models, tokenizer = _model_hashes(written), _tokenizer_hashes(written)
 
     _engine_stage(checkpoint, options, builder, limits, folder, content, models, engine_notes, result, say)
 
     if options.validate:
-        stage = {"models": models, "steps": options.validate_steps, "layer_major": options.layer_major}
+        stage = {"models": models, "tokenizer": tokenizer, "steps": options.validate_steps,
+                 "layer_major": options.layer_major}
         if _kept(content, "validation", stage) and (folder / "report" / "report.json").is_file():
             say("validation: kept, report/ was made from the same model and options")
             result.passed, result.report = content["validation"]["passed"], folder / "report"
@@ -204,12 +214,12 @@ def build(checkpoint: Checkpoint, out_dir: str | Path, options: BuildOptions | N
         result.notes.append("validation: skipped (--no-validate)")
 
     write_triton = _triton_available() if options.triton is None else options.triton
-    if write_triton and tokenizer is None:
-        result.notes.append("triton: skipped, these weights have no tokenizer.model for the front end")
+    if write_triton and not tokenizer:
+        result.notes.append("triton: skipped, these weights have no tokenizer for the front end")
     elif write_triton and result.passed is False:
         result.notes.append("triton: not written, the validation gate failed (see the report)")
     elif write_triton:
-        stage = {"models": models, "engine": (content.get("engine") or {}).get("sha256")}
+        stage = {"models": models, "tokenizer": tokenizer, "engine": (content.get("engine") or {}).get("sha256")}
         if _kept(content, "triton", stage) and (folder / "triton").is_dir():
             say("triton: kept, triton/ was made from the same model and engine")
         else:
@@ -238,11 +248,9 @@ def _export(checkpoint: Checkpoint, options: BuildOptions, folder: Path, inputs:
         with _progress_bar(checkpoint, quiet) as progress:
             exported = export_onnx(checkpoint, staging, options.precision, options.opset, progress, options.target,
                                    options.float_dtype, quantization)
-        tokenizer = find_tokenizer_for(checkpoint)
-        if tokenizer is not None:
-            shutil.copyfile(tokenizer, staging / artifacts.TOKENIZER)
+        tokenizer = copy_tokenizer(checkpoint, staging)
         content = manifest_content(checkpoint, options.precision, options.opset, exported, options.target,
-                                   options.float_dtype, quantization)
+                                   options.float_dtype, quantization, tokenizer)
         content["stages"] = {"export": inputs}
         artifacts.write_manifest(staging, content)
     return content

@@ -166,22 +166,26 @@ def export(size, checkpoint, random_init, seed, precision, opset, target, out, q
               help="0 is greedy decoding.")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
 @click.option("--sample-seed", type=int, default=0, show_default=True, help="Seed for sampling.")
-@click.option("--tokenizer", type=click.Path(path_type=Path), help="tokenizer.model (default: next to the weights).")
+@click.option("--tokenizer", type=click.Path(path_type=Path),
+              help="A tokenizer folder or file: tokenizer.json, or tokenizer.model (SentencePiece or Llama 3 "
+                   "tiktoken) (default: the one next to the weights).")
+@click.option("--chat", is_flag=True,
+              help="Each prompt is a user message: wrap it in the tokenizer's chat template (tokenizer_config.json).")
 @click.option("--backend", type=click.Choice(["torch", "ort"]), default=None,
               help="torch (default; the reference model) or ort (ONNX Runtime on an exported FOLDER).")
 def generate(folder, size, checkpoint, random_init, seed, prompts, max_new_tokens, temperature, top_p, sample_seed,
-             tokenizer, backend):
-    """Continue a prompt, streaming tokens to stdout (several prompts: one batch, each printed when done).
-    FOLDER: an exported output folder (runs with --backend ort)."""
-    from .exporter.sources import TINY_ASSET
-    from .exporter.tokenizer import Tokenizer, find_tokenizer
+             tokenizer, chat, backend):
+    """Continue a prompt, streaming tokens to stdout (several prompts: one batch, each printed when done); stops
+    at the tokenizer's EOS and generation_config.json's eos_token_id. FOLDER: an exported output folder (runs with
+    --backend ort)."""
+    from .exporter.tokenization import load_tokenizer
     from .triton.streaming import TextStreamer
     from .validate.batching import Sequence, generate_batch
     from .validate.generation import Sampling
 
     if folder is not None:
-        runner, tokenizer_path, args, what = _folder_runner(folder, backend or "ort", size, checkpoint, random_init)
-        tokenizer_path = tokenizer or tokenizer_path
+        runner, built, args, what = _folder_runner(folder, backend or "ort", size, checkpoint, random_init)
+        tok = load_tokenizer(tokenizer) if tokenizer is not None else built.tokenizer()
     else:
         if backend == "ort":
             raise UserError("--backend ort runs an exported folder: llama-export generate DIR --backend ort "
@@ -192,21 +196,25 @@ def generate(folder, size, checkpoint, random_init, seed, prompts, max_new_token
 
         ckpt = resolve_checkpoint(size, checkpoint, random_init, seed)
         runner, args, what = TorchRunner(load_model(ckpt)), ckpt.args, ckpt.description
-        tokenizer_path = _checkpoint_tokenizer(tokenizer, checkpoint, size, random_init, TINY_ASSET, find_tokenizer)
-    if tokenizer_path is None:
-        raise UserError(f"no tokenizer for {what}; pass --tokenizer PATH to a tokenizer.model")
-    tok = Tokenizer(tokenizer_path)
+        tok = _checkpoint_tokenizer(tokenizer, checkpoint, size, random_init)
+    if tok is None:
+        raise UserError(f"no tokenizer for {what}; pass --tokenizer PATH to a tokenizer folder, tokenizer.json or "
+                        "tokenizer.model")
     if tok.vocab_size > args.vocab_size:
         raise UserError(f"tokenizer {tok.path} has {tok.vocab_size} tokens but the model only "
                         f"{args.vocab_size}; pass the model's own tokenizer")
     sampling = Sampling(temperature, top_p, sample_seed)
-    sequences = [Sequence(tok.encode(p), max_new_tokens, sampling, frozenset({tok.eos_id}), args.max_seq_len)
+    sequences = [Sequence(tok.prompt_ids(p, chat), max_new_tokens, sampling, tok.stop_ids, args.max_seq_len)
                  for p in prompts]
-    # Decode whole continuations (TextStreamer): SentencePiece pieces only read right in context.
+    # Decode whole continuations (TextStreamer): SentencePiece and byte-level pieces only read right in context.
     streamers = {id(s): TextStreamer(tok.decode, s.prompt_ids) for s in sequences}
     streaming = len(prompts) == 1
+
+    def echo(prompt: str) -> str:  # a continuation reads on from its prompt; a chat reply stands alone
+        return "" if chat else prompt
+
     if streaming:
-        click.echo(prompts[0], nl=False)
+        click.echo(echo(prompts[0]), nl=False)
 
     def show(update):
         if update.token is not None:
@@ -218,7 +226,7 @@ def generate(folder, size, checkpoint, random_init, seed, prompts, max_new_token
     for prompt, sequence in zip(prompts, sequences):
         streamer = streamers[id(sequence)]
         tail = streamer.finish()
-        click.echo(tail if streaming else prompt + streamer.emitted)
+        click.echo(tail if streaming else echo(prompt) + streamer.emitted)
 
 
 @main.command()
@@ -284,7 +292,7 @@ def validate(folder, steps, prompt_tokens, bisect, checkpoint, layer_major, as_j
 
 
 def _folder_runner(folder, backend, size, checkpoint, random_init):
-    """(runner, tokenizer path, args, description) for an exported folder."""
+    """(runner, Artifacts, args, description) for an exported folder."""
     from .exporter.artifacts import load_manifest
     from .validate.runners import OrtRunner
 
@@ -294,16 +302,20 @@ def _folder_runner(folder, backend, size, checkpoint, random_init):
         raise UserError(f"--backend {backend} with an exported folder is not supported yet; use --backend ort, "
                         "or --checkpoint PATH for the torch reference")
     built = load_manifest(folder)
-    return OrtRunner(built.model_path, built.args), built.tokenizer_path, built.args, str(folder)
+    return OrtRunner(built.model_path, built.args), built, built.args, str(folder)
 
 
-def _checkpoint_tokenizer(tokenizer, checkpoint, size, random_init, tiny_asset, find_tokenizer):
+def _checkpoint_tokenizer(tokenizer, checkpoint, size, random_init):
+    """--tokenizer, else the checkpoint folder's, else the tiny asset's for the trained tiny model; None otherwise."""
+    from .exporter.sources import TINY_ASSET
+    from .exporter.tokenization import find_tokenizer, load_tokenizer
+
     if tokenizer is not None:
-        return tokenizer
+        return load_tokenizer(tokenizer)
     if checkpoint is not None:
         return find_tokenizer(checkpoint if checkpoint.is_dir() else checkpoint.parent)
     if (size or "tiny").lower() == "tiny" and not random_init:
-        return find_tokenizer(tiny_asset)
+        return find_tokenizer(TINY_ASSET)
     return None
 
 

@@ -27,7 +27,6 @@ from .checkpoints import file_sha256
 
 MANIFEST = "manifest.json"
 TOOL_NAME = "llama-export"  # manifest["tool"]["name"]: the mark of a folder this tool may replace
-TOKENIZER = "tokenizer.model"
 LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxscript", "onnx_ir")
 _DISTRIBUTIONS = {"onnx_ir": "onnx-ir"}
 
@@ -267,7 +266,20 @@ class Artifacts:
     args: ModelArgs
     precision: str
     model_path: Path
-    tokenizer_path: Path | None
+
+    def tokenizer(self):
+        """The folder's tokenizer (exporter.tokenization.Tokenizer) as manifest.json records it (kind + files), or
+        None when the folder has none."""
+        from .tokenization import find_tokenizer, load_tokenizer
+
+        recorded = self.manifest.get("tokenizer")
+        if recorded is None:  # written before manifests named the tokenizer: detect it as in a checkpoint folder
+            return find_tokenizer(self.folder)
+        missing = [name for name in recorded.get("files", []) if not (self.folder / name).is_file()]
+        if missing:
+            raise UserError(f"{self.folder} lacks tokenizer file(s) {', '.join(missing)} that its manifest lists; "
+                            f"rebuild {self.folder}")
+        return load_tokenizer(self.folder, recorded.get("kind"))
 
 
 def load_manifest(folder: str | Path) -> Artifacts:
@@ -286,9 +298,8 @@ def load_manifest(folder: str | Path) -> Artifacts:
         raise UserError(f"{path} is damaged ({type(exc).__name__}: {exc}); rebuild {folder}") from None
     if not model_path.is_file():
         raise UserError(f"{model_path} is missing; rebuild {folder}")
-    tokenizer = folder / TOKENIZER
-    return Artifacts(folder, manifest, args, precision, model_path, tokenizer if tokenizer.is_file() else None)
+    return Artifacts(folder, manifest, args, precision, model_path)
 
 
-__all__ = ["MANIFEST", "TOKENIZER", "Artifacts", "file_entries", "library_versions", "load_manifest",
+__all__ = ["MANIFEST", "Artifacts", "file_entries", "library_versions", "load_manifest",
            "remember_sha256", "sha256_of", "staged_output", "tool_info", "write_manifest"]

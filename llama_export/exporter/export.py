@@ -14,7 +14,6 @@ import contextlib
 import io
 import logging
 import os
-import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import onnx_ir as ir
 import torch
 
 from .. import io_spec
-from ..config import SIZES, ModelArgs, size_name
+from ..config import ModelArgs, size_name
 from ..errors import UserError
 from .checkpoints import Checkpoint
 from .model import Transformer, rope_inv_freq
@@ -278,8 +277,8 @@ def export_to_folder(checkpoint: Checkpoint, out_dir: str | Path, precision: str
                      opset: int = DEFAULT_OPSET, quiet: bool = False, target: str = "none",
                      float_dtype: str | None = None, quantization: QuantOptions | None = None,
                      force: bool = False) -> Path:
-    """The `export` command as a library call: DIR/model.onnx, model.onnx.data, tokenizer.model (when there is
-    one) and manifest.json, written to a staging sibling and renamed into place at the end. Returns DIR.
+    """The `export` command as a library call: DIR/model.onnx, model.onnx.data, the tokenizer's files (when there
+    is one) and manifest.json, written to a staging sibling and renamed into place at the end. Returns DIR.
     An existing DIR is replaced only when it is a llama-export output, or with `force` (artifacts.staged_output)."""
     from . import artifacts
 
@@ -290,17 +289,16 @@ def export_to_folder(checkpoint: Checkpoint, out_dir: str | Path, precision: str
     with artifacts.staged_output(out_dir, force=force, protect=[getattr(checkpoint, "folder", None)]) as staging, \
             _progress_bar(checkpoint, quiet) as progress:
         result = export_onnx(checkpoint, staging, precision, opset, progress, target, float_dtype, quantization)
-        tokenizer = find_tokenizer_for(checkpoint)
-        if tokenizer is not None:
-            shutil.copyfile(tokenizer, staging / artifacts.TOKENIZER)
+        tokenizer = copy_tokenizer(checkpoint, staging)
         artifacts.write_manifest(staging, manifest_content(checkpoint, precision, opset, result, target,
-                                                           float_dtype, quantization))
+                                                           float_dtype, quantization, tokenizer))
     return out_dir
 
 
 def manifest_content(checkpoint: Checkpoint, precision: str, opset: int, result: ExportResult,
                      target: str = "none", float_dtype: str | None = None,
-                     quantization: QuantOptions | None = None) -> dict:
+                     quantization: QuantOptions | None = None, tokenizer: dict | None = None) -> dict:
+    """manifest.json's content; `tokenizer` is copy_tokenizer's entry (kind + files), None when there is none."""
     from . import artifacts
 
     args = checkpoint.args
@@ -320,23 +318,33 @@ def manifest_content(checkpoint: Checkpoint, precision: str, opset: int, result:
         "tool": artifacts.tool_info(),
         "libraries": artifacts.library_versions(),
         "io": io_spec.io_spec_json(args, KV_DTYPE_NAMES[dtype_name]),
+        **({} if tokenizer is None else {"tokenizer": tokenizer}),
         **extra,
     }
 
 
-def find_tokenizer_for(checkpoint: Checkpoint) -> Path | None:
-    """The checkpoint folder's tokenizer.model; for random weights, the tiny asset's when its vocabulary fits
-    (a stand-in so `generate DIR` works on a random export)."""
+def find_tokenizer_for(checkpoint: Checkpoint):
+    """The checkpoint folder's tokenizer (exporter.tokenization detects which kind); for random weights, the tiny
+    asset's when its vocabulary fits (a stand-in so `generate DIR` works on a random export). None when neither."""
     from .sources import TINY_ASSET
+    from .tokenization import find_tokenizer
 
     folder = getattr(checkpoint, "folder", None)
     if folder is not None:
-        candidate = Path(folder) / "tokenizer.model"
-        return candidate if candidate.is_file() else None
-    candidate = TINY_ASSET / "tokenizer.model"
-    if candidate.is_file() and checkpoint.args.vocab_size >= SIZES["tiny"].vocab_size:
-        return candidate
+        return find_tokenizer(folder)
+    stand_in = find_tokenizer(TINY_ASSET)
+    if stand_in is not None and checkpoint.args.vocab_size >= stand_in.vocab_size:
+        return stand_in
     return None
+
+
+def copy_tokenizer(checkpoint: Checkpoint, folder: Path) -> dict | None:
+    """Copy the checkpoint's tokenizer files into an output folder; their manifest entry (kind + files), or None."""
+    tokenizer = find_tokenizer_for(checkpoint)
+    if tokenizer is None:
+        return None
+    tokenizer.copy_to(folder)
+    return tokenizer.manifest()
 
 
 @contextlib.contextmanager
@@ -366,6 +374,6 @@ def _version() -> str:
 
 
 __all__ = ["ALL_PRECISIONS", "DATA_FILE", "DEFAULT_OPSET", "KV_DTYPE_NAMES", "MIN_OPSET", "MODEL_FILE",
-           "PRECISIONS", "QUANTIZED_PRECISIONS", "ExportResult", "check_export_options", "export_onnx",
+           "PRECISIONS", "QUANTIZED_PRECISIONS", "ExportResult", "check_export_options", "copy_tokenizer", "export_onnx",
            "export_to_folder", "find_tokenizer_for", "float_dtype_name", "manifest_content",
            "prepare_quantization", "trace_graph"]

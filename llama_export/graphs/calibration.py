@@ -156,19 +156,19 @@ def smoothing_factors(model, input_amax: dict[str, np.ndarray], alpha: float) ->
     return factors
 
 
-def calibrate(checkpoint, text: CalibrationText, tokenizer_path: Path | None, alpha: float = DEFAULT_ALPHA,
+def calibrate(checkpoint, text: CalibrationText, tokenizer, alpha: float = DEFAULT_ALPHA,
               samples: int = DEFAULT_SAMPLES) -> Calibration:
-    """Run the fp32 reference over the calibration windows; the model is dropped before returning."""
+    """Run the fp32 reference over the calibration windows (text tokenized by `tokenizer`, an
+    exporter.tokenization.Tokenizer); the model is dropped before returning."""
     from ..exporter.checkpoints import load_model
-    from ..exporter.tokenizer import Tokenizer
 
     if not 0.0 <= alpha <= 1.0:
         raise UserError(f"--alpha {alpha}: the SmoothQuant migration strength must lie in [0, 1]")
-    if tokenizer_path is None:
-        raise UserError("int8 calibration needs a tokenizer.model next to the checkpoint to tokenize the text")
-    tokenizer = Tokenizer(tokenizer_path)
+    if tokenizer is None:
+        raise UserError("int8 calibration needs the checkpoint's tokenizer (tokenizer.json or tokenizer.model next "
+                        "to the weights) to tokenize the text")
     window = min(CALIBRATION_WINDOW, checkpoint.args.max_seq_len)
-    bos = tokenizer.bos_id if tokenizer.bos_id >= 0 else None
+    bos = tokenizer.bos_id
     windows = calibration_windows(tokenizer.encode(text.text, bos=False), window, samples, text.source, bos)
     model = load_model(checkpoint, torch.float32)
     input_amax = collect_input_amax(model, windows)

@@ -94,6 +94,7 @@ def frontend_config(name: str, args: ModelArgs, kv_dtype: str, max_input: int, m
         pb.ModelInput(name=protocol.SEED, data_type=pb.TYPE_INT64, dims=[1], optional=True),
         pb.ModelInput(name=protocol.STOP, data_type=pb.TYPE_STRING, dims=[-1], optional=True),
         pb.ModelInput(name=protocol.STREAM, data_type=pb.TYPE_BOOL, dims=[1], optional=True),
+        pb.ModelInput(name=protocol.CHAT, data_type=pb.TYPE_BOOL, dims=[1], optional=True),
     ])
     config.output.extend([
         pb.ModelOutput(name=protocol.TEXT_OUTPUT, data_type=pb.TYPE_STRING, dims=[1]),

@@ -22,7 +22,8 @@ import triton_python_backend_utils as pb_utils
 
 from llama_export import io_spec
 from llama_export.config import ModelArgs
-from llama_export.exporter.tokenizer import Tokenizer
+from llama_export.errors import UserError
+from llama_export.exporter.tokenization import load_tokenizer
 from llama_export.triton import protocol
 from llama_export.triton.scheduler import InFlightScheduler, Job, Metrics, RequestError
 from llama_export.triton.streaming import TextStreamer
@@ -125,7 +126,8 @@ class TritonPythonModel:
         self.args = ModelArgs.from_dict(json.loads(params[protocol.PARAM_MODEL_ARGS]))
         self.max_input = int(params[protocol.PARAM_MAX_INPUT])
         self.max_seq = int(params[protocol.PARAM_MAX_SEQ])
-        self.tokenizer = Tokenizer(HERE / protocol.TOKENIZER_FILE)
+        self.tokenizer = load_tokenizer(HERE)  # the files the repository writer copied next to this model.py
+        self.stop_ids = self.tokenizer.stop_ids
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         if protocol.PARAM_ONNX_MODEL in params:
             from llama_export.validate.runners import OrtRunner
@@ -191,12 +193,15 @@ class TritonPythonModel:
                             float(_scalar(request, protocol.TOP_P, 1.0)), int(_scalar(request, protocol.SEED, 0)))
         if max_new < 0 or sampling.temperature < 0 or not 0 < sampling.top_p <= 1:
             raise RequestError("need max_new_tokens >= 0, temperature >= 0 and 0 < top_p <= 1")
-        ids = self.tokenizer.encode(prompt)
+        try:
+            ids = self.tokenizer.prompt_ids(prompt, chat=bool(_scalar(request, protocol.CHAT, False)))
+        except UserError as exc:  # chat without a template, or a template that refused the message
+            raise RequestError(f"{protocol.CHAT}: {exc}") from None
         if len(ids) > self.max_input:
             raise RequestError(f"the prompt is {len(ids)} tokens; this model takes at most {self.max_input}")
         if not ids:
             raise RequestError("the prompt encodes to no tokens")
-        sequence = Sequence(ids, max_new, sampling, frozenset({self.tokenizer.eos_id}), max_length=self.max_seq)
+        sequence = Sequence(ids, max_new, sampling, self.stop_ids, max_length=self.max_seq)
         streamer = TextStreamer(self.tokenizer.decode, ids, _strings(request, protocol.STOP))
         return Job(sequence, streamer, respond, fail, cancelled, stream=stream)
 

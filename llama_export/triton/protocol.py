@@ -14,6 +14,7 @@ TOP_P = "top_p"  # TYPE_FP32 [1]
 SEED = "seed"  # TYPE_INT64 [1]: sampling seed
 STOP = "stop"  # TYPE_STRING [-1]: stop strings; the text ends before the first one found
 STREAM = "stream"  # TYPE_BOOL [1]: true = one response per token; false = one response with everything
+CHAT = "chat"  # TYPE_BOOL [1]: true = text_input is a user message, wrapped in the tokenizer's chat template
 
 # Outputs of each response.
 TEXT_OUTPUT = "text_output"  # TYPE_STRING [1]: new text since the previous response
@@ -42,4 +43,4 @@ METRIC_BATCH = "llama_export_batch_size"  # gauge: sequences in the running batc
 METRIC_TOKENS = "llama_export_generated_tokens"  # counter
 METRIC_TTFT = "llama_export_time_to_first_token_seconds"  # histogram
 
-TOKENIZER_FILE = "tokenizer.model"  # next to model.py
+# The tokenizer's files (manifest.json "tokenizer": kind + files) lie next to model.py, found as in any folder.

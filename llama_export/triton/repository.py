@@ -2,7 +2,7 @@
 
     REPO/README.md
     REPO/<name>_onnx/config.pbtxt, 1/model.onnx, 1/model.onnx.data          onnxruntime backend
-    REPO/<name>_generate/config.pbtxt, 1/model.py, 1/tokenizer.model,       python backend, decoupled, CPU:
+    REPO/<name>_generate/config.pbtxt, 1/model.py, 1/<tokenizer files>,     python backend, decoupled, CPU:
                          1/llama_export/...  (vendored pure-Python modules)  ONNX Runtime in-process on <name>_onnx
     REPO/<name>_complete/...  (as <name>_generate, not decoupled)            unary: one response (HTTP)
     REPO/<name>_plan/config.pbtxt, 1/model.plan                              tensorrt_plan   } only when DIR has
@@ -28,10 +28,13 @@ from .containers import container_advice
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 # The pure-Python modules the front end runs (none imports torch, onnx or tritonclient at module level).
+TOKENIZATION = ("__init__.py", "base.py", "chat.py", "detect.py", "hf_json.py", "llama3_tiktoken.py",
+                "sentencepiece_model.py")
 VENDORED_MODULES = ("errors.py", "config.py", "io_spec.py", "validate/runners.py", "validate/generation.py",
-                    "validate/batching.py", "exporter/tokenizer.py", "triton/protocol.py", "triton/streaming.py",
-                    "triton/scheduler.py")
-VENDORED_PACKAGES = ("", "validate", "exporter", "triton")  # get an empty __init__.py: the real ones may grow imports
+                    "validate/batching.py", *(f"exporter/tokenization/{name}" for name in TOKENIZATION),
+                    "triton/protocol.py", "triton/streaming.py", "triton/scheduler.py")
+# These get an empty __init__.py (the real ones may grow imports); exporter/tokenization keeps its own (copied above).
+VENDORED_PACKAGES = ("", "validate", "exporter", "exporter/tokenization", "triton")
 
 
 @dataclass(frozen=True)
@@ -79,12 +82,12 @@ def vendor_package(target: Path) -> None:
         shutil.copyfile(PACKAGE_ROOT / module, target / "llama_export" / module)
 
 
-def _write_frontend(staging: Path, name: str, built: Artifacts, config) -> None:
+def _write_frontend(staging: Path, name: str, tokenizer, config) -> None:
     checks.check_frontend(config, decoupled=config.model_transaction_policy.decoupled)
     version = staging / name / "1"
     version.mkdir(parents=True)
     shutil.copyfile(Path(__file__).with_name("frontend_model.py"), version / "model.py")
-    shutil.copyfile(built.tokenizer_path, version / protocol.TOKENIZER_FILE)
+    tokenizer.copy_to(version)
     vendor_package(version)
     _write_config(staging / name, config)
 
@@ -99,9 +102,10 @@ def write_repository(folder: str | Path, repo: str | Path, name: str | None = No
     each (the layout before in-flight batching, kept as the benchmark baseline). The unary sibling always has
     `instances` instances."""
     built = load_manifest(folder)
-    if built.tokenizer_path is None:
-        raise UserError(f"{built.folder} has no tokenizer.model; the generation front end needs one "
-                        "(export from a checkpoint folder that has it)")
+    tokenizer = built.tokenizer()
+    if tokenizer is None:
+        raise UserError(f"{built.folder} has no tokenizer; the generation front end needs one "
+                        "(export from a checkpoint folder with tokenizer.json or tokenizer.model)")
     args, kv_dtype = built.args, kv_dtype_of(built)
     base = name or model_base_name(built)
     models = {"onnx": f"{base}_onnx", "generate": f"{base}_generate", "complete": f"{base}_complete"}
@@ -127,7 +131,7 @@ def write_repository(folder: str | Path, repo: str | Path, name: str | None = No
         serial = {"instances": instances, "ort_threads": 1, "scheduler": protocol.SCHEDULER_SERIAL}
         for role, decoupled in (("generate", True), ("complete", False)):
             layout = in_flight if batching and decoupled else serial
-            _write_frontend(staging, models[role], built, configs.frontend_config(
+            _write_frontend(staging, models[role], tokenizer, configs.frontend_config(
                 models[role], args, kv_dtype, max_input=max_seq - 1, max_seq=max_seq,
                 onnx_model=f"{models['onnx']}/1/model.onnx", decoupled=decoupled, max_batch=max_batch,
                 max_tokens=max_tokens, **layout))
@@ -138,7 +142,7 @@ def write_repository(folder: str | Path, repo: str | Path, name: str | None = No
             _link_or_copy(plan, staging / models["plan"] / "1" / "model.plan")
             _write_config(staging / models["plan"], plan_config)
             limits = engine["limits"]
-            _write_frontend(staging, models["generate_trt"], built, configs.frontend_config(
+            _write_frontend(staging, models["generate_trt"], tokenizer, configs.frontend_config(
                 models["generate_trt"], args, kv_dtype, max_input=limits["max_input"], max_seq=limits["max_seq"],
                 plan_model=models["plan"], max_batch=min(max_batch, limits.get("max_batch", 1)),
                 scheduler=protocol.SCHEDULER_IN_FLIGHT if batching else protocol.SCHEDULER_SERIAL))

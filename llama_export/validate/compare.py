@@ -73,9 +73,15 @@ def forced_run(runner: Runner, prompt_ids: list[int], forced_ids: list[int], cap
     return recorder.trace()
 
 
-def free_running(runner: Runner, prompt_ids: list[int], steps: int) -> list[int]:
-    """Greedy generation with no stop token: what this side says on its own."""
-    return list(generate_tokens(runner, prompt_ids, steps))
+def free_running(runner: Runner, prompt_ids: list[int], steps: int, stop_ids: frozenset[int] = frozenset()
+                 ) -> list[int]:
+    """Greedy generation up to `steps` tokens or a stop id: what this side says on its own."""
+    return list(generate_tokens(runner, prompt_ids, steps, stop_ids=stop_ids))
+
+
+def until_stop(tokens: list[int], stop_ids: frozenset[int]) -> list[int]:
+    """`tokens` before the first stop id: a free-running generation that saw the same tokens would end there."""
+    return next((tokens[:i] for i, token in enumerate(tokens) if token in stop_ids), list(tokens))
 
 
 def first_divergence(reference: list[int], candidate: list[int]) -> int | None:
@@ -120,4 +126,4 @@ def compare_layers(reference: Trace, candidate: Trace) -> list[float]:
 
 
 __all__ = ["Trace", "compare_layers", "compare_logits", "first_divergence", "forced_run", "free_running",
-           "reference_run"]
+           "reference_run", "until_stop"]

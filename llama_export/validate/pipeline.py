@@ -62,21 +62,24 @@ def reference_checkpoint(artifacts, checkpoint=None):
     return ckpt
 
 
-def choose_prompt(artifacts, n_tokens: int, seed: int = 0) -> tuple[list[int], dict]:
-    """The first `n_tokens` tokens of the held-out corpus text with the folder's tokenizer; seeded random tokens
-    when the folder has no tokenizer that fits (random weights have no meaningful text anyway)."""
-    vocab = artifacts.args.vocab_size
-    if artifacts.tokenizer_path is not None:
-        from ..assets.corpus import corpus
-        from ..exporter.tokenizer import Tokenizer
+def fitting_tokenizer(artifacts):
+    """The folder's tokenizer when its ids fit the model's vocabulary, else None."""
+    tok = artifacts.tokenizer()
+    return tok if tok is not None and tok.vocab_size <= artifacts.args.vocab_size else None
 
-        tok = Tokenizer(artifacts.tokenizer_path)
-        if tok.vocab_size <= vocab:
-            _, heldout = corpus()
-            ids = tok.encode(heldout[: 16 * n_tokens])[:n_tokens]  # ~4 chars/token: 16× is plenty
-            if len(ids) == n_tokens:
-                return ids, {"source": "held-out corpus text (llama_export.assets.corpus)",
-                             "tokenizer": str(artifacts.tokenizer_path), "text": tok.decode(ids)}
+
+def choose_prompt(artifacts, n_tokens: int, seed: int = 0, tok=None) -> tuple[list[int], dict]:
+    """The first `n_tokens` tokens of the held-out corpus text with `tok` (fitting_tokenizer); seeded random tokens
+    when there is none (random weights have no meaningful text anyway)."""
+    vocab = artifacts.args.vocab_size
+    if tok is not None:
+        from ..assets.corpus import corpus
+
+        _, heldout = corpus()
+        ids = tok.encode(heldout[: 16 * n_tokens])[:n_tokens]  # ~4 chars/token: 16× is plenty
+        if len(ids) == n_tokens:
+            return ids, {"source": "held-out corpus text (llama_export.assets.corpus)",
+                         "tokenizer": {"kind": tok.kind, "path": str(tok.path)}, "text": tok.decode(ids)}
     ids = np.random.default_rng(seed).integers(0, vocab, size=n_tokens).tolist()
     return ids, {"source": f"random token ids (seed {seed}; the folder has no tokenizer that fits)"}
 
@@ -143,6 +146,9 @@ def validate_build(folder: str | Path, steps: int = DEFAULT_STEPS, prompt_tokens
     ckpt = reference_checkpoint(artifacts, checkpoint)
     plan = plan_validation(artifacts, layer_major)
     split = plan["split"]
+    tok = fitting_tokenizer(artifacts)
+    # Free-running generation ends at a stop id on both sides (the reference's tokens are cut the same way).
+    stop_ids = tok.stop_ids if tok is not None else frozenset()
     timings: dict[str, float] = {}
 
     def timed(name: str, work: Callable):
@@ -154,7 +160,7 @@ def validate_build(folder: str | Path, steps: int = DEFAULT_STEPS, prompt_tokens
 
     dtype = noise_dtype(artifacts)
     if split is not None:
-        ids, inputs = choose_prompt(artifacts, prompt_tokens + steps)
+        ids, inputs = choose_prompt(artifacts, prompt_tokens + steps, tok=tok)
         prompt, forced = ids[:prompt_tokens], ids[prompt_tokens:]
         inputs["forced"] = "the text's next tokens (layer-major: greedy decoding would need every layer per token)"
         traces = timed("layer-major pass (torch + onnxruntime, one block at a time)", lambda: streamed.streamed_traces(
@@ -162,9 +168,10 @@ def validate_build(folder: str | Path, steps: int = DEFAULT_STEPS, prompt_tokens
         reference, candidate, noise = traces["reference"], traces["candidate"], traces.get("noise")
         noise_free = candidate_free = None
     else:
-        prompt, inputs = choose_prompt(artifacts, prompt_tokens)
+        prompt, inputs = choose_prompt(artifacts, prompt_tokens, tok=tok)
         reference, forced, noise, noise_free, candidate, candidate_free = _whole_model_sides(
-            artifacts, ckpt, prompt, steps, dtype, timed)
+            artifacts, ckpt, prompt, steps, dtype, timed, stop_ids)
+    reference_free = compare.until_stop(forced, stop_ids)
 
     result = compare.compare_logits(reference, candidate, prompt)
     noise_result = compare.compare_logits(reference, noise, prompt) if noise is not None else None
@@ -202,10 +209,11 @@ def validate_build(folder: str | Path, steps: int = DEFAULT_STEPS, prompt_tokens
             "per_step": noise_result["per_step"], "per_position": noise_result["per_position"],
             "perplexity": noise_result["perplexity"],
             "free_running_first_divergence": None if noise_free is None else compare.first_divergence(
-                forced, noise_free)},
-        "free_running": {"steps": steps, "reference_tokens": forced, "candidate_tokens": candidate_free,
+                reference_free, noise_free)},
+        "free_running": {"steps": steps, "stop_ids": sorted(stop_ids), "reference_tokens": reference_free,
+                         "candidate_tokens": candidate_free,
                          "first_divergence": None if candidate_free is None else compare.first_divergence(
-                             forced, candidate_free), "note": free_note},
+                             reference_free, candidate_free), "note": free_note},
         "layers": layers,
         "timings_s": timings,
         "versions": {"tool": tool_info(), "libraries": library_versions(), "numpy": np.__version__,
@@ -219,9 +227,10 @@ def validate_build(folder: str | Path, steps: int = DEFAULT_STEPS, prompt_tokens
     return report
 
 
-def _whole_model_sides(artifacts, ckpt, prompt, steps, dtype, timed):
+def _whole_model_sides(artifacts, ckpt, prompt, steps, dtype, timed, stop_ids=frozenset()):
     """Each side's whole model, one side in memory at a time: the fp32 reference decodes greedily (the forced
-    token stream), then the Torch model in the candidate's dtype (the noise floor), then the ORT candidate."""
+    token stream), then the Torch model in the candidate's dtype (the noise floor), then the ORT candidate; the
+    free-running generations end at `stop_ids`."""
     import torch
 
     from ..exporter.checkpoints import load_model
@@ -238,14 +247,15 @@ def _whole_model_sides(artifacts, ckpt, prompt, steps, dtype, timed):
     if dtype is not None:
         def run_noise():
             runner = torch_side(dtype)
-            return compare.forced_run(runner, prompt, forced, True), compare.free_running(runner, prompt, steps)
+            return (compare.forced_run(runner, prompt, forced, True),
+                    compare.free_running(runner, prompt, steps, stop_ids))
 
         noise, noise_free = timed(f"noise floor (torch {str(dtype).removeprefix('torch.')})", run_noise)
         gc.collect()
 
     def run_candidate():
         runner = OrtRunner(artifacts.model_path, artifacts.args)
-        return compare.forced_run(runner, prompt, forced), compare.free_running(runner, prompt, steps)
+        return compare.forced_run(runner, prompt, forced), compare.free_running(runner, prompt, steps, stop_ids)
 
     candidate, candidate_free = timed("candidate (onnxruntime)", run_candidate)
     gc.collect()

@@ -52,7 +52,7 @@ def test_interrupt_while_streaming_keeps_the_previous_folder_and_cleans_up(tmp_p
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
     built = artifacts.load_manifest(out)
     assert built.args == ARGS and built.precision == "fp16" and built.model_path == out / "model.onnx"
-    assert built.tokenizer_path is None
+    assert built.tokenizer() is None and "tokenizer" not in built.manifest
 
 
 def test_load_manifest_refuses_a_foreign_folder(tmp_path):
@@ -101,6 +101,9 @@ def test_cli_export_default_out_then_generate_dir_with_ort_equals_torch(tmp_path
     assert result.exit_code == 0, result.output
     out = tmp_path / "out" / "mymodel-fp32"
     assert (out / "tokenizer.model").read_bytes() == (ckpt / "tokenizer.model").read_bytes()
+    manifest = artifacts.load_manifest(out).manifest
+    assert manifest["tokenizer"] == {"kind": "sentencepiece", "files": ["tokenizer.model"]}
+    assert "tokenizer.model" in manifest["files"]
     prompt = ["--prompt", "the for statement", "--max-new-tokens", "8"]
     ort = runner.invoke(main, ["generate", str(out), "--backend", "ort", *prompt])
     ref = runner.invoke(main, ["generate", "--checkpoint", str(ckpt), *prompt])

@@ -82,7 +82,7 @@ def test_qdq_structure(tiny_exports, method):
 def test_accuracy_on_tiny_model(tiny_exports, one_torch_thread):
     """Held-out perplexity (first 12 windows) and greedy agreement against the Torch fp32 reference."""
     from llama_export.assets.corpus import corpus
-    from llama_export.exporter.tokenizer import Tokenizer
+    from llama_export.exporter.tokenization import load_tokenizer
     from llama_export.validate.heldout import (
         forced_agreement,
         greedy_agreement,
@@ -91,7 +91,7 @@ def test_accuracy_on_tiny_model(tiny_exports, one_torch_thread):
     )
 
     ckpt, folders = tiny_exports
-    tok = Tokenizer(TINY_ASSET / "tokenizer.model")
+    tok = load_tokenizer(TINY_ASSET)
     windows = heldout_windows(tok.encode(corpus()[1], bos=False), tok.bos_id, limit=12)
     torch_runner = TorchRunner(load_model(ckpt))
     reference = windowed_perplexity(torch_runner, windows)

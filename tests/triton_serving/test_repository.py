@@ -50,7 +50,8 @@ def test_cpu_repository_layout_and_configs(tiny_repo, tiny_dir):
     assert int(generate.parameters[protocol.PARAM_MAX_TOKENS].string_value) == 16 * built.args.max_seq_len
     for model in ("tiny_generate", "tiny_complete"):
         version = tiny_repo / model / "1"
-        assert (version / "model.py").is_file() and (version / protocol.TOKENIZER_FILE).is_file()
+        assert (version / "model.py").is_file()
+        assert all((version / name).is_file() for name in built.manifest["tokenizer"]["files"])
         assert all((version / "llama_export" / module).is_file() for module in VENDORED_MODULES)
 
 
@@ -58,7 +59,7 @@ def test_vendored_modules_import_without_torch(tiny_repo):
     """The front end's interpreter may have no torch: the vendored copy must not need it (nor onnx/tritonclient)."""
     code = ("import sys; [sys.modules.__setitem__(m, None) for m in ('torch', 'onnx', 'tritonclient')];"
             f"sys.path.insert(0, {str(tiny_repo / 'tiny_generate' / '1')!r});"
-            "import llama_export.validate.runners, llama_export.validate.generation, llama_export.exporter.tokenizer;"
+            "import llama_export.validate.runners, llama_export.validate.generation, llama_export.exporter.tokenization;"
             "import llama_export.triton.streaming, llama_export.triton.protocol, llama_export.validate.batching;"
             "import llama_export.triton.scheduler;"
             "assert 'tiny_generate' in llama_export.__file__, llama_export.__file__")
@@ -125,7 +126,7 @@ def rtx_engine_dir(tmp_path_factory) -> Path:
                               quiet=True)
     build = build_engine(folder / "model.onnx", SMALL, folder / "engine.plan",
                          ProfileLimits(max_batch=2, max_input=16, max_seq=64), builder="tensorrt-rtx")
-    (folder / artifacts.TOKENIZER).write_bytes(train_stand_in_tokenizer(SMALL.vocab_size))
+    (folder / "tokenizer.model").write_bytes(train_stand_in_tokenizer(SMALL.vocab_size))  # replaces the tiny one
     manifest = json.loads((folder / artifacts.MANIFEST).read_text())
     manifest.pop("files")
     artifacts.write_manifest(folder, {**manifest, "engine": build.to_manifest()})

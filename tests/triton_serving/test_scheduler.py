@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from llama_export.exporter.artifacts import load_manifest
-from llama_export.exporter.tokenizer import Tokenizer
 from llama_export.triton.scheduler import InFlightScheduler, Job, Metrics, RequestError
 from llama_export.triton.streaming import TextStreamer
 from llama_export.validate.batching import Sequence
@@ -69,14 +68,14 @@ class Client:
 @pytest.fixture(scope="module")
 def setup(tiny_dir):
     built = load_manifest(tiny_dir)
-    tokenizer = Tokenizer(built.tokenizer_path)
+    tokenizer = built.tokenizer()
     runner = OrtRunner(built.model_path, built.args)
     return runner, tokenizer, built.args.max_seq_len
 
 
 def _sequence(tokenizer, max_seq, i, max_new):
     return Sequence(tokenizer.encode(f"{PROMPTS[i % len(PROMPTS)]} {i}"), max_new,
-                    stop_ids=frozenset({tokenizer.eos_id}), max_length=max_seq)
+                    stop_ids=tokenizer.stop_ids, max_length=max_seq)
 
 
 def _reference(runner, sequence):

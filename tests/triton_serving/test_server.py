@@ -23,7 +23,6 @@ from triton_server import TritonServer, ensure_venv, libpython_dir
 from tritonclient.utils import InferenceServerException
 
 from llama_export.exporter.artifacts import load_manifest
-from llama_export.exporter.tokenizer import Tokenizer
 from llama_export.triton import protocol
 from llama_export.triton.repository import write_repository
 from llama_export.validate.generation import generate_tokens
@@ -74,9 +73,9 @@ def test_greedy_tokens_equal_llama_export_generate(server, tiny_dir):
                           "--prompt", PROMPT, "--max-new-tokens", str(NEW_TOKENS)],
                          capture_output=True, text=True, timeout=180, check=True)
     built = load_manifest(tiny_dir)
-    tokenizer = Tokenizer(built.tokenizer_path)
+    tokenizer = built.tokenizer()
     expected_ids = list(generate_tokens(OrtRunner(built.model_path, built.args), tokenizer.encode(PROMPT), NEW_TOKENS,
-                                        stop_ids=frozenset({tokenizer.eos_id}), max_length=built.args.max_seq_len))
+                                        stop_ids=tokenizer.stop_ids, max_length=built.args.max_seq_len))
     text, ids = client_example.complete(server.http_url, "tiny", PROMPT, max_new_tokens=NEW_TOKENS)
     assert ids == expected_ids
     assert cli.stdout == PROMPT + text + "\n"
@@ -104,10 +103,10 @@ def references(tiny_dir):
     """Batch-1 greedy tokens (generate_tokens over KVSession) of each test prompt, 16 new tokens: with fewer
     max_new_tokens a greedy run is the prefix."""
     built = load_manifest(tiny_dir)
-    tokenizer = Tokenizer(built.tokenizer_path)
+    tokenizer = built.tokenizer()
     runner = OrtRunner(built.model_path, built.args)
     return {f"{PROMPT} {i}": list(generate_tokens(runner, tokenizer.encode(f"{PROMPT} {i}"), NEW_TOKENS,
-                                                  stop_ids=frozenset({tokenizer.eos_id}),
+                                                  stop_ids=tokenizer.stop_ids,
                                                   max_length=built.args.max_seq_len)) for i in range(8)}
 
 
@@ -213,6 +212,8 @@ def _http_infer(server, inputs: list[tuple[str, np.ndarray, str]]):
      "this model takes at most"),
     ("bad top_p", [(protocol.TEXT_INPUT, np.array([b"x"], dtype=np.object_), "BYTES"),
                    (protocol.TOP_P, np.array([0.0], dtype=np.float32), "FP32")], "top_p"),
+    ("chat without a template", [(protocol.TEXT_INPUT, np.array([b"x"], dtype=np.object_), "BYTES"),
+                                 (protocol.CHAT, np.array([True], dtype=bool), "BOOL")], "no chat template"),
 ])
 def test_malformed_requests_get_errors_and_the_server_stays_live(server, case, inputs, message):
     with pytest.raises(InferenceServerException, match=message):

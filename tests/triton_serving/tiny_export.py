@@ -36,10 +36,11 @@ def export_tiny(out: Path) -> Path:
     trained = (TINY_ASSET / "tokenizer.model").is_file() and any(TINY_ASSET.glob("*.safetensors"))
     checkpoint = resolve_checkpoint() if trained else RandomCheckpoint(SIZES["tiny"], seed=0)
     folder = export_to_folder(checkpoint, out, quiet=True)
-    if not (folder / artifacts.TOKENIZER).is_file():
-        (folder / artifacts.TOKENIZER).write_bytes(train_stand_in_tokenizer(SIZES["tiny"].vocab_size))
+    if not (folder / "tokenizer.model").is_file():
+        (folder / "tokenizer.model").write_bytes(train_stand_in_tokenizer(SIZES["tiny"].vocab_size))
         manifest = json.loads((folder / artifacts.MANIFEST).read_text())
         manifest.pop("files", None)
+        manifest["tokenizer"] = {"kind": "sentencepiece", "files": ["tokenizer.model"]}
         artifacts.write_manifest(folder, manifest)
     return folder
 

@@ -4,7 +4,7 @@ The server lives in its own venv (pytriton pins numpy < 2) and so must the Pytho
 libpython and imports numpy before model.py runs, and a numpy-2 interpreter corrupts BYTES tensors in the stub
 (measured: "unpack_from requires a buffer of at least 286331157 bytes"). The stub finds its interpreter as
 `python3` on PATH, so putting the venv's bin first on PATH makes it load the venv's site-packages (numpy 1.26,
-onnxruntime, sentencepiece); LD_LIBRARY_PATH gives it the base interpreter's libpython and the server's libs.
+onnxruntime and the tokenizer libraries); LD_LIBRARY_PATH gives it the base interpreter's libpython and the server's libs.
 """
 
 from __future__ import annotations
@@ -20,19 +20,32 @@ import time
 from pathlib import Path
 
 VENV = Path(os.environ.get("LLAMA_EXPORT_TRITON_VENV", Path.home() / ".cache" / "llama-export" / "tritonvenv"))
-VENV_PACKAGES = ("nvidia-pytriton", "onnxruntime", "sentencepiece")
-PROBE = "import pytriton, onnxruntime, sentencepiece, numpy; assert numpy.__version__ < '2'"
+# The front end's tokenizer kinds need sentencepiece, tokenizers (tokenizer.json) and tiktoken (Llama 3); chat
+# templates need jinja2 (>= 3.1.6, as transformers requires for its sandbox fixes).
+VENV_PACKAGES = ("nvidia-pytriton", "onnxruntime", "sentencepiece", "tokenizers", "tiktoken", "jinja2>=3.1.6")
+PROBE = ("import pytriton, onnxruntime, sentencepiece, tokenizers, tiktoken, jinja2, numpy; "
+         "assert numpy.__version__ < '2'")
 
 
 def _venv_python(venv: Path) -> Path:
     return venv / "bin" / "python"
 
 
+def _probe(venv: Path) -> bool:
+    return _venv_python(venv).exists() and subprocess.run([_venv_python(venv), "-c", PROBE], check=False,
+                                                         capture_output=True, timeout=120).returncode == 0
+
+
 def ensure_venv(venv: Path = VENV, timeout: float = 900) -> Path:
-    """Reuse the cached venv when it imports everything; else build it in a sibling and rename it into place."""
-    if _venv_python(venv).exists() and subprocess.run([_venv_python(venv), "-c", PROBE],
-                                                      check=False, capture_output=True, timeout=120).returncode == 0:
+    """Reuse the cached venv when it imports everything (a venv missing only packages added since gets them
+    installed in place); else build it in a sibling and rename it into place."""
+    if _probe(venv):
         return venv
+    if _venv_python(venv).exists():
+        subprocess.run([_venv_python(venv), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                        *VENV_PACKAGES], check=False, timeout=timeout)
+        if _probe(venv):
+            return venv
     venv.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{venv.name}.tmp-", dir=venv.parent))
     try:

@@ -9,7 +9,6 @@ import pytest
 from llama_export import io_spec
 from llama_export.exporter.artifacts import load_manifest
 from llama_export.exporter.checkpoints import load_model
-from llama_export.exporter.tokenizer import Tokenizer
 from llama_export.validate.batching import BatchedGeneration, Sequence, generate_batch
 from llama_export.validate.generation import Sampling, generate_tokens
 from llama_export.validate.pipeline import reference_checkpoint
@@ -47,7 +46,7 @@ def runner(request, fp32_dir):
 
 @pytest.fixture(scope="module")
 def prompts(fp32_dir):
-    tokenizer = Tokenizer(load_manifest(fp32_dir).tokenizer_path)
+    tokenizer = load_manifest(fp32_dir).tokenizer()
     return [tokenizer.encode(text) for text in TEXTS], tokenizer.eos_id
 
 

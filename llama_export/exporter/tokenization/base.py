@@ -75,6 +75,16 @@ class Tokenizer:
         raise NotImplementedError
 
     # --- shared --------------------------------------------------------------------------------------------------
+    def prompt_ids(self, text: str, chat: bool = False) -> list[int]:
+        """What generation starts from: `text` with BOS, or with chat=True `text` as a user message in the chat
+        template, tokenized as transformers' apply_chat_template(..., add_generation_prompt=True) tokenizes it
+        (no added BOS: the template writes its own)."""
+        if not chat:
+            return self.encode(text)
+        from .chat import render_chat
+
+        return self.encode(render_chat(self, [{"role": "user", "content": text}]), bos=False)
+
     @property
     def files(self) -> tuple[str, ...]:
         """The files this tokenizer was built from, relative to its folder: what an output folder must carry."""
