@@ -1,7 +1,9 @@
 """Token ids → text deltas for streaming, with stop strings.
 
 SentencePiece pieces only read right in context, so the whole continuation is decoded each time and only the new
-suffix is emitted. Text that could still become a stop string is held back until it cannot.
+suffix is emitted. Text that could still become a stop string is held back until it cannot, and so is a trailing
+U+FFFD: a character whose UTF-8 bytes span several tokens (byte-level BPE, byte fallback) decodes to it until its
+last byte arrives.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ class TextStreamer:
         if cut >= 0:
             self.stopped = True
             return self._advance(text[:cut])
-        return self._advance(text[: len(text) - self._held_back(text)])
+        incomplete = len(text) - len(text.rstrip("\ufffd"))
+        return self._advance(text[: len(text) - max(self._held_back(text), incomplete)])
 
     def finish(self) -> str:
         """The end of generation: release any held-back text (it did not become a stop string)."""

@@ -33,6 +33,18 @@ def test_stop_string_cuts_and_is_never_emitted():
     assert streamer.ids == [10, 11, 12, 14]
 
 
+def test_a_character_split_over_tokens_is_emitted_once_complete():
+    emoji = "😀".encode()
+    pieces = {1: b"", 20: b"Hi ", 21: emoji[:2], 22: emoji[2:], 23: b"!", 24: emoji[:1]}
+
+    def decode_bytes(ids):  # as byte-level tokenizers decode: incomplete UTF-8 becomes U+FFFD
+        return b"".join(pieces[i] for i in ids).decode("utf-8", errors="replace")
+
+    streamer = TextStreamer(decode_bytes, [1])
+    deltas = [streamer.push(token) for token in (20, 21, 22, 23, 24)] + [streamer.finish()]
+    assert deltas == ["Hi ", "", "😀", "!", "", "\ufffd"]  # an unfinished character is released at the end
+
+
 def test_possible_stop_prefix_is_held_back_then_released():
     deltas, _ = run([10, 11, 12], stop=["world!"])
     assert deltas[:3] == ["Hello", " ", ""]  # "wor" / "world" could still become "world!"
