@@ -89,3 +89,26 @@ def test_generate_chat_uses_the_template_as_transformers_tokenizes_it(llama3_fol
 def test_generate_chat_without_a_template_is_exit_2():
     result = CliRunner().invoke(main, ["generate", "--chat", "--prompt", "hi", "--max-new-tokens", "1"])
     assert result.exit_code == 2 and "no chat template" in result.output
+
+
+def test_validation_free_running_stops_at_the_folders_stop_ids(llama3_folder, tmp_path):
+    from llama_export.exporter import artifacts
+    from llama_export.exporter.export import export_to_folder
+    from llama_export.validate.pipeline import choose_prompt, validate_build
+
+    out = export_to_folder(open_checkpoint(llama3_folder), tmp_path / "export", quiet=True)
+    built = artifacts.load_manifest(out)
+    tok = built.tokenizer()
+    prompt, _ = choose_prompt(built, 8, tok=tok)  # the prompt validation will use
+    free = _greedy(llama3_folder, prompt)
+    k = next(i for i in range(2, NEW) if free[i] not in free[:i])
+    (out / "generation_config.json").write_text(json.dumps({"eos_token_id": free[k]}))  # an int this time
+    manifest = json.loads((out / "manifest.json").read_text())
+    artifacts.write_manifest(out, {key: value for key, value in manifest.items() if key != "files"})
+    report = validate_build(out, steps=NEW, prompt_tokens=8, write=False)
+    free_running = report.data["free_running"]
+    assert report.data["inputs"]["prompt_ids"] == prompt
+    assert report.data["inputs"]["forced_ids"] == free  # teacher forcing still runs every step
+    assert free_running["stop_ids"] == sorted({tok.eos_id, free[k]})
+    assert free_running["reference_tokens"] == free_running["candidate_tokens"] == free[:k]
+    assert free_running["first_divergence"] is None
