@@ -37,7 +37,7 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 KV_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # io_spec / manifest spelling
 # int8 precisions quantize the linear layers; everything else (activations, norms, KV cache, unquantized
 # weights) keeps a float dtype, chosen with float_dtype (--float-dtype), fp32 by default.
-QUANTIZED_PRECISIONS = ("int8-wo", "int8")
+QUANTIZED_PRECISIONS = ("int8-wo", "int8", "int4-wo")
 ALL_PRECISIONS = (*PRECISIONS, *QUANTIZED_PRECISIONS)
 MIN_OPSET, DEFAULT_OPSET = 18, 23
 MODEL_FILE, DATA_FILE = "model.onnx", "model.onnx.data"
@@ -213,12 +213,12 @@ def export_onnx(checkpoint: Checkpoint, folder: str | Path, precision: str = "fp
     built-in text.
     """
     from ..graphs.passes import apply_target
-    from ..graphs.quantize import WeightTransform, quantize_activations, quantize_weights
+    from ..graphs.quantize import quantize_activations, quantize_weights, weight_transform
 
     dtype = check_export_options(precision, opset, target, float_dtype)
     if precision in QUANTIZED_PRECISIONS and quantization is None:
         quantization = prepare_quantization(checkpoint, precision)
-    transform = WeightTransform(checkpoint.args, quantization, dtype) if quantization else None
+    transform = weight_transform(checkpoint.args, quantization, dtype, target) if quantization else None
     folder = Path(folder)
     streamer = start_streamer(checkpoint, dtype, folder / DATA_FILE, progress, transform)
     try:

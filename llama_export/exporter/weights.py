@@ -30,7 +30,7 @@ from .checkpoints import Checkpoint, check_finite, check_float, expected_shapes
 from .datafile import ALIGN, DataFile, aligned_empty
 
 IR_DTYPES = {torch.float32: ir.DataType.FLOAT, torch.float16: ir.DataType.FLOAT16,
-             torch.bfloat16: ir.DataType.BFLOAT16, torch.int8: ir.DataType.INT8}
+             torch.bfloat16: ir.DataType.BFLOAT16, torch.int8: ir.DataType.INT8, torch.int4: ir.DataType.INT4}
 # A transform maps one checkpoint tensor to the tensors the graph holds for it (graphs.quantize.WeightTransform:
 # a linear weight becomes an int8 weight and its scales). Default: the tensor cast to the model dtype.
 Transform = Callable[[str, torch.Tensor], list[tuple[str, torch.Tensor]]]
@@ -74,8 +74,9 @@ def stream_weights(checkpoint: Checkpoint, dtype: torch.dtype, path: Path, stop:
             pads = []
             for out_name, converted in outputs:
                 pad = -offset % ALIGN  # page-aligned: runtimes mmap each tensor in place, O_DIRECT writes it
-                nbytes = converted.numel() * converted.element_size()
-                layout[out_name] = Placement(offset + pad, nbytes, tuple(converted.shape), converted.dtype)
+                data, shape, out_dtype = _bytes_of(converted)
+                nbytes = data.numel() * data.element_size()
+                layout[out_name] = Placement(offset + pad, nbytes, shape, out_dtype)
                 offset += pad + nbytes
                 pads.append(pad)
             chunks = _chunks(pads, outputs)
@@ -122,13 +123,22 @@ def _convert(tensor: torch.Tensor, dtype: torch.dtype, buffers: AlternatingBuffe
     return out
 
 
+def _bytes_of(tensor) -> tuple[torch.Tensor, tuple[int, ...], torch.dtype]:
+    """(the bytes to write, the logical shape, the dtype the graph declares) of a transform's output."""
+    from ..graphs.int4 import PackedInt4
+
+    if isinstance(tensor, PackedInt4):
+        return tensor.data, tensor.shape, torch.int4
+    return tensor, tuple(tensor.shape), tensor.dtype
+
+
 def _chunks(pads: list[int], outputs: list[tuple[str, torch.Tensor]]) -> list:
     """The bytes to append, in order, as uint8 arrays: zero padding, then each tensor's raw bytes (views)."""
     chunks = []
     for pad, (_, tensor) in zip(pads, outputs):
         if pad:
             chunks.append(np.zeros(pad, dtype=np.uint8))
-        chunks.append(tensor.reshape(-1).view(torch.uint8).numpy())
+        chunks.append(_bytes_of(tensor)[0].reshape(-1).view(torch.uint8).numpy())
     return chunks
 
 
@@ -228,6 +238,12 @@ class PendingWeight(ir.tensor_adapters.TorchTensor):
     Graph passes run on these while the stream writes (export.export_onnx). Reading one raises
     FileNotFoundError, which onnxscript's pattern matcher takes as "constant value not available" (a weight is
     never the scalar constant a pattern looks for), and which fails loudly anywhere else."""
+
+    def __init__(self, tensor: torch.Tensor, name: str | None = None):
+        if tensor.dtype == torch.int4:  # onnx-ir's torch adapter has no int4 mapping (packed INT4 weights)
+            ir.Tensor.__init__(self, tensor, dtype=ir.DataType.INT4, name=name)
+        else:
+            super().__init__(tensor, name=name)
 
     def numpy(self):
         raise FileNotFoundError(f"{self.name}: this weight is still being written (no bytes before attach)")

@@ -16,6 +16,10 @@ group; measured on `small` int8-wo, 85 → 49 MatMulNBits and 62.6 → 70.7 deco
 for the `ort` target: TensorRT refuses an int8 constant that feeds anything but a DequantizeLinear ("Quantized
 constant ... is only allowed before DQ", TensorRT-RTX 1.7.1), and the `onnx` target's graph is also built
 into engines; there int8 weights stay one DQ → MatMul per projection.
+INT4 weights (int4_weights.py: `DequantizeLinear(W.int4 [in, out], W.scale [n_blocks, out], axis=0,
+block_size=B)`) cannot be concatenated in the graph (ORT has no INT4 Concat kernel), so the fused group reads one
+`layers.{i}.{group}.weight.int4` / `.scale` pair that the int4 weight transform writes already concatenated;
+also only on `ort`.
 W8A8's activation Q/DQ is added after this pass, one pair per fused MatMul (quantize.quantize_activations,
 with the members' largest calibrated range; they read the same tensor and share their smoothing factors).
 """
@@ -54,9 +58,10 @@ def _projection(graph: ir.Graph, name: str) -> tuple[ir.Node, ir.Node] | None:
         reader = _only_user(graph.initializers[name], "Transpose")
         if reader is None or list(reader.attributes["perm"].as_ints()) != [1, 0]:
             return None
-    elif name + ".int8" in graph.initializers:
-        reader = _only_user(graph.initializers[name + ".int8"], "DequantizeLinear")
-        if (reader is None or reader.attributes.get_int("axis", 1) != 1 or len(reader.inputs) != 2
+    elif name + ".int8" in graph.initializers or name + ".int4" in graph.initializers:
+        int8 = name + ".int8" in graph.initializers
+        reader = _only_user(graph.initializers[name + (".int8" if int8 else ".int4")], "DequantizeLinear")
+        if (reader is None or reader.attributes.get_int("axis", 1) != (1 if int8 else 0) or len(reader.inputs) != 2
                 or reader.inputs[1] is not graph.initializers.get(name + ".scale")):
             return None
     else:
@@ -67,9 +72,11 @@ def _projection(graph: ir.Graph, name: str) -> tuple[ir.Node, ir.Node] | None:
     return reader, matmul
 
 
-def _fused_weight(found: list[tuple[ir.Node, ir.Node]], prefix: str) -> list[ir.Node]:
+def _fused_weight(graph: ir.Graph, found: list[tuple[ir.Node, ir.Node]], prefix: str) -> list[ir.Node]:
     """Nodes that compute the concatenated [in, sum(out)] weight (the last node's output)."""
     readers = [r for r, _ in found]
+    if readers[0].op_type == "DequantizeLinear" and readers[0].inputs[0].dtype == ir.DataType.INT4:
+        return [_fused_int4(graph, readers, prefix)]
     if readers[0].op_type == "Transpose":
         concat = ir.node("Concat", [r.outputs[0] for r in readers], attributes={"axis": 1}, name=f"{prefix}/Concat")
         concat.outputs[0].name = f"{prefix}.weight"
@@ -81,6 +88,31 @@ def _fused_weight(found: list[tuple[ir.Node, ir.Node]], prefix: str) -> list[ir.
     ints.outputs[0].name, scales.outputs[0].name = f"{prefix}.weight.int8", f"{prefix}.weight.scale"
     dq.outputs[0].name = f"{prefix}.weight.dequantized"  # quantize_activations finds W8A8 MatMuls by this name
     return [ints, scales, dq]
+
+
+def _fused_int4(graph: ir.Graph, readers: list[ir.Node], prefix: str) -> ir.Node:
+    """One DQ over the group's pre-concatenated INT4 weight; the members' initializers are dropped (the weight
+    transform writes only the fused pair)."""
+    from ..exporter.weights import meta_initializer
+
+    members = [(r.inputs[0], r.inputs[1]) for r in readers]
+    for r in readers:  # detach the members' DQs (removed by fuse_group) from the initializers dropped below
+        r.replace_input_with(0, None)
+        r.replace_input_with(1, None)
+
+    def declare(suffix: str, values: list[ir.Value]) -> ir.Value:
+        for value in values:
+            del graph.initializers[value.name]
+        shape = (values[0].shape[0], sum(v.shape[1] for v in values))
+        return meta_initializer(graph, f"{prefix}.weight{suffix}", shape, values[0].const_value.raw.dtype)
+
+    q = declare(".int4", [q for q, _ in members])
+    scale = declare(".scale", [s for _, s in members])
+    dq = ir.node("DequantizeLinear", [q, scale],
+                 attributes={"axis": 0, "block_size": readers[0].attributes.get_int("block_size")},
+                 name=f"{prefix}/DequantizeLinear")
+    dq.outputs[0].name = f"{prefix}.weight.dequantized"
+    return dq
 
 
 def fuse_group(graph: ir.Graph, layer: int, group: str, int8: bool = True) -> bool:
@@ -95,7 +127,7 @@ def fuse_group(graph: ir.Graph, layer: int, group: str, int8: bool = True) -> bo
     x = found[0][1].inputs[0]
     widths = [int(r.outputs[0].shape[1]) for r, _ in found]
     prefix = f"layers.{layer}.{group}"
-    weight = _fused_weight(found, prefix)
+    weight = _fused_weight(graph, found, prefix)
     matmul = ir.node("MatMul", [x, weight[-1].outputs[0]], name=f"{prefix}/MatMul")
     sizes = ir.Value(name=f"{prefix}.split_sizes", shape=ir.Shape([len(widths)]),
                      type=ir.TensorType(ir.DataType.INT64), const_value=ir.tensor(np.array(widths, np.int64)))

@@ -11,6 +11,9 @@ For `int8` each distinct MatMul input (attention_norm output → wq/wk/wv, atten
 from calibration and an explicit int8 zero point 0 (without one QuantizeLinear would produce uint8, which TensorRT
 refuses). Softmax, norms, RoPE and the residual stream stay float.
 
+`int4-wo` (packed INT4, blocked scales, RTN or AWQ) shares the options and the entry points; its graph nodes and
+weight transform live in int4_weights.py.
+
 Weight bytes never pass through here: the pass declares the new initializers (on the meta device, like the
 tracer's), and `WeightTransform` converts each checkpoint tensor while it is streamed (exporter/weights.py), so
 an int8 export holds at most one float weight at a time, like the float exports.
@@ -26,24 +29,37 @@ import torch
 
 from ..config import ModelArgs
 from ..exporter.weights import meta_initializer
-from . import fused_projections
+from . import fused_projections, int4
+from .awq import AwqPlan
 from .calibration import Calibration
+from .int4_weights import Int4WeightTransform, dequantized_int4
 
-QUANTIZED_PRECISIONS = ("int8-wo", "int8")
+QUANTIZED_PRECISIONS = ("int8-wo", "int8", "int4-wo")
+INT4_METHODS = ("awq", "rtn")
 Q_MAX = 127.0  # symmetric int8: [-127, 127], so -x quantizes to -q(x)
 WEIGHT_SUFFIX, SCALE_SUFFIX = ".int8", ".scale"
 
 
 @dataclass(frozen=True)
 class QuantOptions:
-    """What to quantize. `calibration` is required for method int8 (W8A8) and ignored for int8-wo."""
+    """What to quantize. `calibration` is required for method int8 (W8A8) and ignored for int8-wo; int4-wo uses
+    `block_size`, `int4_method` and, for AWQ, `awq` (awq.awq_plan on calibration text)."""
 
-    method: str  # "int8-wo" or "int8"
-    quantize_lm_head: bool = False  # output.weight, weight-only in both methods
+    method: str  # "int8-wo", "int8" or "int4-wo"
+    quantize_lm_head: bool = False  # output.weight, weight-only in every method
     quantize_embeddings: bool = False  # tok_embeddings.weight: DQ(axis 0) → Gather
     calibration: Calibration | None = field(default=None, compare=False)
+    block_size: int = int4.DEFAULT_BLOCK_SIZE
+    int4_method: str = "awq"
+    awq: AwqPlan | None = field(default=None, compare=False)
 
     def manifest(self) -> dict:
+        if self.method == "int4-wo":
+            return {"method": self.method, "int4_method": self.int4_method, "block_size": self.block_size,
+                    "weights": "int4 symmetric per block of input channels, zero point 0",
+                    "lm_head": "int4" if self.quantize_lm_head else "float",
+                    "embeddings": "int4" if self.quantize_embeddings else "float",
+                    "awq": self.awq.manifest() if self.awq is not None else None}
         out = {"method": self.method, "weights": "int8 symmetric per output channel, zero point 0",
                "lm_head": "int8" if self.quantize_lm_head else "float",
                "embeddings": "int8" if self.quantize_embeddings else "float"}
@@ -123,6 +139,19 @@ class WeightTransform:
         return [(name + WEIGHT_SUFFIX, q.contiguous()), (name + SCALE_SUFFIX, scale.to(self.dtype))]
 
 
+def weight_transform(args: ModelArgs, options: QuantOptions, dtype: torch.dtype, target: str = "none"):
+    """The streamed transform for `options`: int8 (WeightTransform) or int4-wo (Int4WeightTransform, which on
+    targets that fuse quantized projections writes the q/k/v and w1/w3 groups concatenated)."""
+    if options.method != "int4-wo":
+        return WeightTransform(args, options, dtype)
+    from .passes import INT8_PROJECTION_TARGETS
+
+    if options.int4_method == "awq" and options.awq is None:
+        raise ValueError("int4-wo with AWQ needs an AwqPlan (awq.awq_plan)")
+    return Int4WeightTransform(quantized_weights(args, options), options.block_size, dtype, options.awq,
+                               options.quantize_embeddings, target in INT8_PROJECTION_TARGETS)
+
+
 def _small_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     tensor = ir.tensor(array, name=name)
     value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
@@ -146,6 +175,8 @@ def quantize_weights(model: ir.Model, args: ModelArgs, options: QuantOptions, dt
     if model.opset_imports.get("", 0) < 19 and dtype != torch.float32:
         raise ValueError("int8 with a 16-bit float dtype needs opset 19+ (16-bit Q/DQ scales)")
     initializers = graph.initializers
+    if options.method == "int4-wo" and model.opset_imports.get("", 0) < 21:
+        raise ValueError("int4-wo needs opset 21+ (INT4 and blocked DequantizeLinear)")
     count = 0
     for name in quantized_weights(args, options):
         weight = initializers[name]
@@ -154,7 +185,11 @@ def quantize_weights(model: ir.Model, args: ModelArgs, options: QuantOptions, dt
             raise ValueError(f"{name}: expected Transpose perm [1, 0] before its MatMul")
         matmul = _only_consumer(transpose.outputs[0], "MatMul", name)
         out_features, in_features = weight.shape.numpy()
-        dequantized = _dequantized_weight(graph, name, (in_features, out_features), 1, dtype, matmul)
+        if options.method == "int4-wo":
+            dequantized = dequantized_int4(graph, name, (in_features, out_features), 0, options.block_size, dtype,
+                                           matmul)
+        else:
+            dequantized = _dequantized_weight(graph, name, (in_features, out_features), 1, dtype, matmul)
         matmul.replace_input_with(1, dequantized)
         graph.remove(transpose, safe=True)
         del initializers[name]
@@ -163,7 +198,11 @@ def quantize_weights(model: ir.Model, args: ModelArgs, options: QuantOptions, dt
         name = "tok_embeddings.weight"
         weight = initializers[name]
         gather = _only_consumer(weight, "Gather", name)
-        dequantized = _dequantized_weight(graph, name, tuple(weight.shape.numpy()), 0, dtype, gather)
+        if options.method == "int4-wo":
+            dequantized = dequantized_int4(graph, name, tuple(weight.shape.numpy()), 1, options.block_size, dtype,
+                                           gather)
+        else:
+            dequantized = _dequantized_weight(graph, name, tuple(weight.shape.numpy()), 0, dtype, gather)
         gather.replace_input_with(0, dequantized)
         del initializers[name]
         count += 1
@@ -209,5 +248,5 @@ def _only_consumer(value: ir.Value, op_type: str, name: str) -> ir.Node:
     return users[0]
 
 
-__all__ = ["QUANTIZED_PRECISIONS", "QuantOptions", "WeightTransform", "block_linears", "quantize_activations",
-           "quantize_per_channel", "quantize_weights", "quantized_weights"]
+__all__ = ["INT4_METHODS", "QUANTIZED_PRECISIONS", "QuantOptions", "WeightTransform", "block_linears", "quantize_activations",
+           "quantize_per_channel", "quantize_weights", "quantized_weights", "weight_transform"]

@@ -1,0 +1,239 @@
+"""AWQ (activation-aware weight quantization, Lin et al. 2023) for INT4 weights: per-input-channel scales and
+per-block clipping ranges searched on calibration activations, one decoder layer at a time.
+
+Scales. Quantization error on input channel j costs |X_j| times as much in the output, so channels that see large
+activations are scaled up before rounding (W·diag(s), finer relative steps) and the input is divided by s, which
+is folded into what produces it, so the float model is unchanged (tests assert it):
+- attention_norm → wq/wk/wv and ffn_norm → w1/w3: the norm weight is divided by s.
+- wv → wo: wo's input is softmax · V per query head, and V is shared by the n_heads / n_kv_heads query heads of
+  a kv head (GQA), so s is searched per (kv head, channel) and wo's columns of every query head that reads kv
+  head g take g's factor; wv's output rows are divided by it.
+- w3 → w2: w2's input silu(w1·x) ⊙ (w3·x) is linear in w3's output, so w3's rows are divided by s.
+The search is the paper's: s = mean|X|^α (normalised by sqrt(max · min)), α on a grid of `n_grid` points in
+[0, 1), keeping the α whose fake-quantized outputs (X / s) · Q(W·s) are closest to X · W over the group's
+linears (α = 0 is plain RTN, so the search never does worse than RTN on its calibration loss).
+Clipping. Then, on the scaled weights, each block's range max|w| is shrunk by the ratio (1, 0.95, ..., 0.5) that
+minimises that block's output error on the calibration tokens; skipped for wq/wk as in the paper (their error
+shows in attention scores, which a linear's output loss does not measure).
+
+Memory: the reference never exists whole. The calibration windows' hidden states (windows × tokens × dim fp32)
+go through one layer at a time, its weights read from the checkpoint; each linear keeps at most `max_tokens`
+input rows for the search. 7B with 32 windows of 512 tokens: ~0.27 GB of hidden states twice, 0.8 GB of layer
+weights, < 0.2 GB of search inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import int4
+
+N_GRID = 20
+MAX_SHRINK = 0.5  # clip ratios 1, 1 - 1/N_GRID, ..., 1 - MAX_SHRINK
+MAX_SEARCH_TOKENS = 4096  # input rows per linear kept for the scale search
+CLIP_TOKENS = 512  # rows used by the clip search (the paper's n_sample_token)
+CLIP_OUT_CHUNK = 256  # output channels per clip-search step (bounds its [tokens, chunk, blocks] temporaries)
+UNCLIPPED = ("attention.wq", "attention.wk")
+
+
+@dataclass
+class AwqPlan:
+    """Everything the streamed weight transform needs; arrays are fp32 numpy keyed by checkpoint name.
+    Clipping is stored as grid steps (uint8 [n_blocks, out], ratio = 1 - step / N_GRID) on the scaled weight's
+    own block ranges, so it costs a quarter of a float per block."""
+
+    block_size: int
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # linear -> multiply input channels by s
+    rows: dict[str, np.ndarray] = field(default_factory=dict)  # absorber -> divide output channels by s
+    clip_steps: dict[str, np.ndarray] = field(default_factory=dict)
+    alphas: dict[str, float] = field(default_factory=dict)  # group ("layers.0.qkv") -> chosen α, for the record
+
+    def clip_amax(self, name: str, w: torch.Tensor) -> torch.Tensor | None:
+        """The clipped block ranges of the scaled [in, out] weight `w`, or None (unclipped)."""
+        steps = self.clip_steps.get(name)
+        if steps is None:
+            return None
+        return int4.block_amax(w, self.block_size) * (1 - torch.from_numpy(steps).float() / N_GRID)
+
+    def scaled(self, name: str, w: torch.Tensor) -> torch.Tensor:
+        """Checkpoint tensor `name` with the plan's factors applied (columns first, then rows: the order the
+        search applied them in, so the transform reproduces its weights bit for bit)."""
+        if name in self.columns:
+            w = w * torch.from_numpy(self.columns[name])[None, :]
+        if name in self.rows:
+            s = torch.from_numpy(self.rows[name])
+            w = w / (s if w.dim() == 1 else s[:, None])
+        return w
+
+    def manifest(self) -> dict:
+        alphas = list(self.alphas.values())
+        clipped = sum(int((s > 0).sum()) for s in self.clip_steps.values())
+        blocks = sum(s.size for s in self.clip_steps.values())
+        return {"scaled_groups": len(self.alphas), "alpha_mean": float(np.mean(alphas)) if alphas else None,
+                "alpha_zero_groups": int(sum(a == 0 for a in alphas)), "n_grid": N_GRID, "max_shrink": MAX_SHRINK,
+                "clipped_blocks": clipped, "clip_searched_blocks": blocks}
+
+
+def _rows(x: torch.Tensor, limit: int) -> torch.Tensor:
+    """At most `limit` rows of [tokens, channels], evenly strided (deterministic)."""
+    if x.shape[0] <= limit:
+        return x
+    return x[torch.linspace(0, x.shape[0] - 1, limit).long()]
+
+
+def _output_loss(x: torch.Tensor, weights: list[torch.Tensor], s: torch.Tensor, block: int) -> float:
+    loss = 0.0
+    for w in weights:  # [out, in]
+        ref = x @ w.t()
+        loss += float(((x / s) @ int4.fake_quantize((w * s).t(), block) - ref).pow(2).mean())
+    return loss
+
+
+def search_scale(x: torch.Tensor, weights: list[torch.Tensor], block: int,
+                 share: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, float]:
+    """(s per input channel, α) minimising the group's fake-quantized output error. `share` maps the
+    per-channel activation means onto the values that must share one factor (GQA) and back."""
+    x_mean = x.abs().mean(0)
+    if share is not None:
+        x_mean = share(x_mean)
+    best, best_s, best_alpha = float("inf"), torch.ones_like(x_mean), 0.0
+    for step in range(N_GRID):
+        alpha = step / N_GRID
+        s = x_mean.pow(alpha).clamp_min(1e-4)
+        s = s / (s.max() * s.min()).sqrt()
+        loss = _output_loss(x, weights, s, block)
+        if loss < best:
+            best, best_s, best_alpha = loss, s, alpha
+    return best_s, best_alpha
+
+
+def search_clip(x: torch.Tensor, w: torch.Tensor, block: int) -> np.ndarray:
+    """Per (block, output channel) of the [out, in] weight `w`, the grid step whose clipped range minimises the
+    block's partial output error over the rows of x [tokens, in]; uint8 [n_blocks, out]."""
+    x = _rows(x, CLIP_TOKENS)
+    xb = int4._blocked(x.t(), block).permute(2, 0, 1)  # [tokens, n_blocks, block]
+    steps = []
+    for start in range(0, w.shape[0], CLIP_OUT_CHUNK):
+        w_kn = w[start:start + CLIP_OUT_CHUNK].t()  # [in, chunk]
+        wb = int4._blocked(w_kn, block)  # [n_blocks, block, chunk]
+        reference = torch.einsum("tgb,gbn->tgn", xb, wb)
+        amax = int4.block_amax(w_kn, block)
+        best = torch.full(amax.shape, float("inf"))
+        best_step = torch.zeros(amax.shape, dtype=torch.uint8)
+        for step in range(int(MAX_SHRINK * N_GRID) + 1):
+            fake = int4._blocked(int4.fake_quantize(w_kn, block, amax * (1 - step / N_GRID)), block)
+            error = (torch.einsum("tgb,gbn->tgn", xb, fake) - reference).pow(2).mean(0)
+            better = error < best
+            best = torch.where(better, error, best)
+            best_step[better] = step
+        steps.append(best_step)
+    return torch.cat(steps, dim=1).numpy()
+
+
+class _InputRecorder:
+    """Forward hooks that keep every block linear's input rows (strided to `limit` per call)."""
+
+    def __init__(self, block: torch.nn.Module, limit: int):
+        self.inputs: dict[str, list[torch.Tensor]] = {}
+        self.hooks = []
+        for name, module in block.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                self.hooks.append(module.register_forward_hook(self._hook(name, limit)))
+
+    def _hook(self, name: str, limit: int):
+        def hook(module, inputs, output):
+            x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
+            self.inputs.setdefault(name, []).append(_rows(x, limit))
+        return hook
+
+    def take(self, limit: int) -> dict[str, torch.Tensor]:
+        for h in self.hooks:
+            h.remove()
+        return {name: _rows(torch.cat(parts), limit) for name, parts in self.inputs.items()}
+
+
+def _load_block(checkpoint, args, layer: int):
+    from ..exporter.model import TransformerBlock
+
+    block = TransformerBlock(args).float().eval()
+    prefix = f"layers.{layer}."
+    state = {name: checkpoint.tensor(prefix + name).float() for name in block.state_dict()}
+    block.load_state_dict(state)
+    return block
+
+
+@torch.no_grad()
+def layer_plan(block, inputs: dict[str, torch.Tensor], args, layer: int, plan: AwqPlan) -> None:
+    """Search and apply (in place, on `block`) the four scale groups of one layer, then the clip ranges."""
+    p, b = f"layers.{layer}", plan.block_size
+    att, ffn = block.attention, block.feed_forward
+    scale_of: dict[str, torch.Tensor] = {}  # linear -> the factor its input is divided by
+
+    def apply(group: str, linears: list[tuple[str, torch.nn.Linear]], s: torch.Tensor, absorber: str,
+              absorb: torch.Tensor, divide_rows) -> None:
+        for name, linear in linears:
+            linear.weight.mul_(s[None, :])
+            plan.columns[f"{p}.{name}.weight"] = s.numpy().copy()
+            scale_of[name] = s
+        divide_rows(absorb)
+        plan.rows[f"{p}.{absorber}.weight"] = absorb.numpy().copy()
+
+    qkv = [("attention.wq", att.wq), ("attention.wk", att.wk), ("attention.wv", att.wv)]
+    s, plan.alphas[f"{p}.qkv"] = search_scale(inputs["attention.wq"], [m.weight for _, m in qkv], b)
+    apply("qkv", qkv, s, "attention_norm", s, lambda t: block.attention_norm.weight.div_(t))
+
+    n_rep, hd = args.n_heads // args.kv_heads, args.head_dim
+
+    def share(x_mean: torch.Tensor) -> torch.Tensor:  # query heads of one kv head share its factor
+        per_kv = x_mean.view(args.kv_heads, n_rep, hd).mean(1)
+        return per_kv[:, None, :].expand(args.kv_heads, n_rep, hd).reshape(-1)
+
+    s, plan.alphas[f"{p}.wo"] = search_scale(inputs["attention.wo"], [att.wo.weight], b, share)
+    kv_s = s.view(args.kv_heads, n_rep, hd)[:, 0, :].reshape(-1).contiguous()
+    apply("wo", [("attention.wo", att.wo)], s, "attention.wv", kv_s, lambda t: att.wv.weight.div_(t[:, None]))
+
+    gate_up = [("feed_forward.w1", ffn.w1), ("feed_forward.w3", ffn.w3)]
+    s, plan.alphas[f"{p}.gate_up"] = search_scale(inputs["feed_forward.w1"], [m.weight for _, m in gate_up], b)
+    apply("gate_up", gate_up, s, "ffn_norm", s, lambda t: block.ffn_norm.weight.div_(t))
+
+    s, plan.alphas[f"{p}.w2"] = search_scale(inputs["feed_forward.w2"], [ffn.w2.weight], b)
+    apply("w2", [("feed_forward.w2", ffn.w2)], s, "feed_forward.w3", s, lambda t: ffn.w3.weight.div_(t[:, None]))
+
+    for name, module in block.named_modules():
+        if isinstance(module, torch.nn.Linear) and name not in UNCLIPPED:
+            plan.clip_steps[f"{p}.{name}.weight"] = search_clip(inputs[name] / scale_of[name], module.weight, b)
+
+
+@torch.no_grad()
+def awq_plan(checkpoint, windows: list[list[int]], block_size: int,
+             progress: Callable[[int], None] | None = None) -> AwqPlan:
+    """Run the calibration windows through the checkpoint's layers one at a time and search each layer."""
+    from ..exporter.model import attention_bias, rope_inv_freq, rope_tables
+
+    args = checkpoint.args
+    ids = torch.tensor(windows)  # equal lengths (calibration.calibration_windows)
+    hidden = torch.nn.functional.embedding(ids, checkpoint.tensor("tok_embeddings.weight").float())
+    seq = ids.shape[1]
+    cos, sin = rope_tables(torch.arange(seq)[None], rope_inv_freq(args))
+    bias = attention_bias(torch.ones(1, seq, dtype=torch.int64), seq)
+    empty = torch.zeros(1, args.kv_heads, 0, args.head_dim)
+    per_call = max(1, MAX_SEARCH_TOKENS // len(windows))
+    plan = AwqPlan(block_size)
+    for layer in range(args.n_layers):
+        block = _load_block(checkpoint, args, layer)
+        recorder = _InputRecorder(block, per_call)
+        for w in range(len(windows)):  # one window at a time: attention temporaries stay one window's
+            hidden[w:w + 1] = block(hidden[w:w + 1], cos, sin, bias, empty, empty)[0]
+        layer_plan(block, recorder.take(MAX_SEARCH_TOKENS), args, layer, plan)
+        del block, recorder
+        if progress is not None:
+            progress(layer)
+    return plan
+
+
+__all__ = ["CLIP_TOKENS", "MAX_SEARCH_TOKENS", "N_GRID", "AwqPlan", "awq_plan", "layer_plan", "search_clip",
+           "search_scale"]
