@@ -82,6 +82,9 @@ def check_export_options(precision: str, opset: int, target: str = "none",
     name = float_dtype_name(precision, float_dtype)
     if precision == "int8" and name == "bf16":  # static activation scales are stored in the float dtype
         raise UserError("--precision int8 (W8A8) supports --float-dtype fp32 or fp16, not bf16; use int8-wo for bf16")
+    if precision == "int4-wo" and opset < 21:
+        raise UserError(f"--precision int4-wo needs --opset 21 or newer (INT4 and blocked DequantizeLinear), "
+                        f"got {opset}")
     if precision in QUANTIZED_PRECISIONS and name != "fp32" and opset < 19:
         raise UserError(f"--precision {precision} with --float-dtype {name} needs --opset 19 or newer "
                         "(16-bit QuantizeLinear/DequantizeLinear scales)")
@@ -249,7 +252,8 @@ def export_onnx(checkpoint: Checkpoint, folder: str | Path, precision: str = "fp
 
 def prepare_quantization(checkpoint: Checkpoint, precision: str, calibration_file: str | Path | None = None,
                          alpha: float | None = None, samples: int | None = None, quantize_lm_head: bool = False,
-                         quantize_embeddings: bool = False) -> QuantOptions | None:
+                         quantize_embeddings: bool = False, block_size: int | None = None,
+                         int4_method: str | None = None) -> QuantOptions | None:
     """QuantOptions for an int8 precision (None for float ones). int8 (W8A8) calibrates here: the fp32 Torch
     reference runs over `calibration_file` (default: the tiny model's training text) and is dropped again."""
     from ..graphs import calibration as cal
@@ -259,9 +263,12 @@ def prepare_quantization(checkpoint: Checkpoint, precision: str, calibration_fil
         if calibration_file is not None or alpha is not None:
             raise UserError(f"--calibration / --alpha apply to --precision int8, not {precision}")
         return None
-    if checkpoint.args.tie_embeddings and (quantize_lm_head or quantize_embeddings):
-        raise UserError("these weights tie the output projection to the embedding (one matrix read by both); "
-                        "quantizing it is not supported: drop --quantize-lm-head / --quantize-embeddings")
+    _refuse_tied_quantization(checkpoint, quantize_lm_head, quantize_embeddings)
+    if precision == "int4-wo":
+        return prepare_int4(checkpoint, calibration_file, samples, quantize_lm_head, quantize_embeddings,
+                            block_size, int4_method)
+    if block_size is not None or int4_method is not None:
+        raise UserError(f"--block-size / --int4-method apply to --precision int4-wo, not {precision}")
     calibration = None
     if precision == "int8":
         text = cal.builtin_text() if calibration_file is None else cal.read_calibration_file(calibration_file)
@@ -271,6 +278,38 @@ def prepare_quantization(checkpoint: Checkpoint, precision: str, calibration_fil
     elif calibration_file is not None or alpha is not None:
         raise UserError("--calibration / --alpha apply to --precision int8 (int8-wo needs no calibration)")
     return QuantOptions(precision, quantize_lm_head, quantize_embeddings, calibration)
+
+
+def _refuse_tied_quantization(checkpoint: Checkpoint, quantize_lm_head: bool, quantize_embeddings: bool) -> None:
+    if checkpoint.args.tie_embeddings and (quantize_lm_head or quantize_embeddings):
+        raise UserError("these weights tie the output projection to the embedding (one matrix read by both); "
+                        "quantizing it is not supported: drop --quantize-lm-head / --quantize-embeddings")
+
+
+def prepare_int4(checkpoint: Checkpoint, calibration_file: str | Path | None = None, samples: int | None = None,
+                 quantize_lm_head: bool = False, quantize_embeddings: bool = False, block_size: int | None = None,
+                 int4_method: str | None = None) -> QuantOptions:
+    """QuantOptions for int4-wo; AWQ (the default method) calibrates here, one layer at a time (graphs/awq.py)."""
+    from ..graphs import calibration as cal
+    from ..graphs.awq import calibrate_awq
+    from ..graphs.int4 import BLOCK_SIZES, DEFAULT_BLOCK_SIZE
+    from ..graphs.quantize import INT4_METHODS, QuantOptions
+
+    _refuse_tied_quantization(checkpoint, quantize_lm_head, quantize_embeddings)
+    block_size = DEFAULT_BLOCK_SIZE if block_size is None else block_size
+    int4_method = "awq" if int4_method is None else int4_method
+    if block_size not in BLOCK_SIZES:
+        raise UserError(f"--block-size {block_size}: choose one of {', '.join(map(str, BLOCK_SIZES))}")
+    if int4_method not in INT4_METHODS:
+        raise UserError(f"--int4-method {int4_method!r}: choose one of {', '.join(INT4_METHODS)}")
+    plan = None
+    if int4_method == "awq":
+        text = cal.builtin_text() if calibration_file is None else cal.read_calibration_file(calibration_file)
+        plan = calibrate_awq(checkpoint, text, find_tokenizer_for(checkpoint), block_size, samples)
+    elif calibration_file is not None:
+        raise UserError("--calibration applies to --int4-method awq (rtn needs no calibration)")
+    return QuantOptions("int4-wo", quantize_lm_head, quantize_embeddings, block_size=block_size,
+                        int4_method=int4_method, awq=plan)
 
 
 def export_to_folder(checkpoint: Checkpoint, out_dir: str | Path, precision: str = "fp32",

@@ -51,6 +51,7 @@ class AwqPlan:
     rows: dict[str, np.ndarray] = field(default_factory=dict)  # absorber -> divide output channels by s
     clip_steps: dict[str, np.ndarray] = field(default_factory=dict)
     alphas: dict[str, float] = field(default_factory=dict)  # group ("layers.0.qkv") -> chosen α, for the record
+    calibration: dict = field(default_factory=dict)  # source, sha256, samples, tokens of the calibration text
 
     def clip_amax(self, name: str, w: torch.Tensor) -> torch.Tensor | None:
         """The clipped block ranges of the scaled [in, out] weight `w`, or None (unclipped)."""
@@ -73,7 +74,7 @@ class AwqPlan:
         alphas = list(self.alphas.values())
         clipped = sum(int((s > 0).sum()) for s in self.clip_steps.values())
         blocks = sum(s.size for s in self.clip_steps.values())
-        return {"scaled_groups": len(self.alphas), "alpha_mean": float(np.mean(alphas)) if alphas else None,
+        return {**self.calibration, "scaled_groups": len(self.alphas), "alpha_mean": float(np.mean(alphas)) if alphas else None,
                 "alpha_zero_groups": int(sum(a == 0 for a in alphas)), "n_grid": N_GRID, "max_shrink": MAX_SHRINK,
                 "clipped_blocks": clipped, "clip_searched_blocks": blocks}
 
@@ -85,11 +86,18 @@ def _rows(x: torch.Tensor, limit: int) -> torch.Tensor:
     return x[torch.linspace(0, x.shape[0] - 1, limit).long()]
 
 
-def _output_loss(x: torch.Tensor, weights: list[torch.Tensor], s: torch.Tensor, block: int) -> float:
+def _output_loss(x: torch.Tensor, gram: torch.Tensor | None, weights: list[torch.Tensor], s: torch.Tensor,
+                 block: int) -> float:
+    """Σ over the group's linears of ‖X·Wᵀ − (X / s)·Q(W·s)ᵀ‖² / numel, i.e. ‖X·E‖² with E the effective weight
+    error Wᵀ − diag(1/s)·Q(diag(s)·Wᵀ); with the Gram matrix XᵀX that is Σ E ⊙ (XᵀX·E), cheaper when
+    in_features < tokens."""
     loss = 0.0
     for w in weights:  # [out, in]
-        ref = x @ w.t()
-        loss += float(((x / s) @ int4.fake_quantize((w * s).t(), block) - ref).pow(2).mean())
+        error = w.t() - int4.fake_quantize((w * s).t(), block) / s[:, None]  # [in, out]
+        if gram is not None:
+            loss += float((error * (gram @ error)).sum()) / (x.shape[0] * w.shape[0])
+        else:
+            loss += float((x @ error).pow(2).mean())
     return loss
 
 
@@ -100,12 +108,13 @@ def search_scale(x: torch.Tensor, weights: list[torch.Tensor], block: int,
     x_mean = x.abs().mean(0)
     if share is not None:
         x_mean = share(x_mean)
+    gram = x.t() @ x if x.shape[1] < x.shape[0] else None
     best, best_s, best_alpha = float("inf"), torch.ones_like(x_mean), 0.0
     for step in range(N_GRID):
         alpha = step / N_GRID
         s = x_mean.pow(alpha).clamp_min(1e-4)
         s = s / (s.max() * s.min()).sqrt()
-        loss = _output_loss(x, weights, s, block)
+        loss = _output_loss(x, gram, weights, s, block)
         if loss < best:
             best, best_s, best_alpha = loss, s, alpha
     return best_s, best_alpha
@@ -173,8 +182,8 @@ def layer_plan(block, inputs: dict[str, torch.Tensor], args, layer: int, plan: A
     att, ffn = block.attention, block.feed_forward
     scale_of: dict[str, torch.Tensor] = {}  # linear -> the factor its input is divided by
 
-    def apply(group: str, linears: list[tuple[str, torch.nn.Linear]], s: torch.Tensor, absorber: str,
-              absorb: torch.Tensor, divide_rows) -> None:
+    def apply(linears: list[tuple[str, torch.nn.Linear]], s: torch.Tensor, absorber: str, absorb: torch.Tensor,
+              divide_rows: Callable[[torch.Tensor], object]) -> None:
         for name, linear in linears:
             linear.weight.mul_(s[None, :])
             plan.columns[f"{p}.{name}.weight"] = s.numpy().copy()
@@ -184,7 +193,7 @@ def layer_plan(block, inputs: dict[str, torch.Tensor], args, layer: int, plan: A
 
     qkv = [("attention.wq", att.wq), ("attention.wk", att.wk), ("attention.wv", att.wv)]
     s, plan.alphas[f"{p}.qkv"] = search_scale(inputs["attention.wq"], [m.weight for _, m in qkv], b)
-    apply("qkv", qkv, s, "attention_norm", s, lambda t: block.attention_norm.weight.div_(t))
+    apply(qkv, s, "attention_norm", s, lambda t: block.attention_norm.weight.div_(t))
 
     n_rep, hd = args.n_heads // args.kv_heads, args.head_dim
 
@@ -194,14 +203,14 @@ def layer_plan(block, inputs: dict[str, torch.Tensor], args, layer: int, plan: A
 
     s, plan.alphas[f"{p}.wo"] = search_scale(inputs["attention.wo"], [att.wo.weight], b, share)
     kv_s = s.view(args.kv_heads, n_rep, hd)[:, 0, :].reshape(-1).contiguous()
-    apply("wo", [("attention.wo", att.wo)], s, "attention.wv", kv_s, lambda t: att.wv.weight.div_(t[:, None]))
+    apply([("attention.wo", att.wo)], s, "attention.wv", kv_s, lambda t: att.wv.weight.div_(t[:, None]))
 
     gate_up = [("feed_forward.w1", ffn.w1), ("feed_forward.w3", ffn.w3)]
     s, plan.alphas[f"{p}.gate_up"] = search_scale(inputs["feed_forward.w1"], [m.weight for _, m in gate_up], b)
-    apply("gate_up", gate_up, s, "ffn_norm", s, lambda t: block.ffn_norm.weight.div_(t))
+    apply(gate_up, s, "ffn_norm", s, lambda t: block.ffn_norm.weight.div_(t))
 
     s, plan.alphas[f"{p}.w2"] = search_scale(inputs["feed_forward.w2"], [ffn.w2.weight], b)
-    apply("w2", [("feed_forward.w2", ffn.w2)], s, "feed_forward.w3", s, lambda t: ffn.w3.weight.div_(t[:, None]))
+    apply([("feed_forward.w2", ffn.w2)], s, "feed_forward.w3", s, lambda t: ffn.w3.weight.div_(t[:, None]))
 
     for name, module in block.named_modules():
         if isinstance(module, torch.nn.Linear) and name not in UNCLIPPED:
@@ -235,5 +244,25 @@ def awq_plan(checkpoint, windows: list[list[int]], block_size: int,
     return plan
 
 
-__all__ = ["CLIP_TOKENS", "MAX_SEARCH_TOKENS", "N_GRID", "AwqPlan", "awq_plan", "layer_plan", "search_clip",
-           "search_scale"]
+def calibrate_awq(checkpoint, text, tokenizer_path, block_size: int, samples: int | None = None) -> AwqPlan:
+    """awq_plan on `text` (calibration.CalibrationText), windowed as int8's calibration is."""
+    from ..errors import UserError
+    from ..exporter.tokenizer import Tokenizer
+    from .calibration import CALIBRATION_WINDOW, DEFAULT_SAMPLES, calibration_windows
+
+    if tokenizer_path is None:
+        raise UserError("AWQ calibration needs a tokenizer.model next to the checkpoint to tokenize the text "
+                        "(or use --int4-method rtn)")
+    tokenizer = Tokenizer(tokenizer_path)
+    window = min(CALIBRATION_WINDOW, checkpoint.args.max_seq_len)
+    bos = tokenizer.bos_id if tokenizer.bos_id >= 0 else None
+    windows = calibration_windows(tokenizer.encode(text.text, bos=False), window,
+                                  DEFAULT_SAMPLES if samples is None else samples, text.source, bos)
+    plan = awq_plan(checkpoint, windows, block_size)
+    plan.calibration = {"source": text.source, "sha256": text.sha256, "samples": len(windows),
+                        "tokens": sum(map(len, windows))}
+    return plan
+
+
+__all__ = ["CLIP_TOKENS", "MAX_SEARCH_TOKENS", "N_GRID", "AwqPlan", "awq_plan", "calibrate_awq", "layer_plan",
+           "search_clip", "search_scale"]
