@@ -58,7 +58,8 @@ class AwqPlan:
         steps = self.clip_steps.get(name)
         if steps is None:
             return None
-        return int4.block_amax(w, self.block_size) * (1 - torch.from_numpy(steps).float() / N_GRID)
+        block = int4.block_size_for(w.shape[0], self.block_size)
+        return int4.block_amax(w, block) * (1 - torch.from_numpy(steps).float() / N_GRID)
 
     def scaled(self, name: str, w: torch.Tensor) -> torch.Tensor:
         """Checkpoint tensor `name` with the plan's factors applied (columns first, then rows: the order the
@@ -105,6 +106,7 @@ def search_scale(x: torch.Tensor, weights: list[torch.Tensor], block: int,
                  share: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, float]:
     """(s per input channel, α) minimising the group's fake-quantized output error. `share` maps the
     per-channel activation means onto the values that must share one factor (GQA) and back."""
+    block = int4.block_size_for(x.shape[1], block)
     x_mean = x.abs().mean(0)
     if share is not None:
         x_mean = share(x_mean)
@@ -123,7 +125,7 @@ def search_scale(x: torch.Tensor, weights: list[torch.Tensor], block: int,
 def search_clip(x: torch.Tensor, w: torch.Tensor, block: int) -> np.ndarray:
     """Per (block, output channel) of the [out, in] weight `w`, the grid step whose clipped range minimises the
     block's partial output error over the rows of x [tokens, in]; uint8 [n_blocks, out]."""
-    x = _rows(x, CLIP_TOKENS)
+    x, block = _rows(x, CLIP_TOKENS), int4.block_size_for(x.shape[1], block)
     xb = int4._blocked(x.t(), block).permute(2, 0, 1)  # [tokens, n_blocks, block]
     steps = []
     for start in range(0, w.shape[0], CLIP_OUT_CHUNK):

@@ -3,8 +3,10 @@
 Layout (the form ORT fuses into MatMulNBits and TensorRT imports as INT4 weight-only GEMM):
 `DequantizeLinear(W.int4 [in, out] INT4, W.scale [ceil(in / B), out] float, axis=0, block_size=B) → MatMul`.
 One scale per output column and block of B consecutive input channels; zero point 0 (TensorRT needs symmetric);
-scale = max|w| / 7 over the block, so q = round(w / scale) lies in [-7, 7] ⊂ INT4's [-8, 7]. `in` need not be a
-multiple of B (the tiny model's hidden 704 at B 128): the last block is partial, as ONNX allows.
+scale = max|w| / 7 over the block, so q = round(w / scale) lies in [-7, 7] ⊂ INT4's [-8, 7]. ONNX and ORT allow
+a partial last block, TensorRT does not ("The quantization axis must divide into whole blocks", docs/ENGINES.md):
+a linear whose `in` is not a multiple of B uses the largest allowed block size below B that divides it
+(`block_size_for`; only the tiny model's w2, in 704 = 11 · 64, at B 128; every LLaMA size divides by 128).
 
 Packing follows the ONNX spec: the tensor is flattened row-major and element 2i goes in the low nibble of
 byte i, element 2i+1 in the high nibble. With [in, out] rows of even width, concatenating packed tensors along
@@ -29,6 +31,18 @@ class PackedInt4(NamedTuple):
 
     data: torch.Tensor  # uint8, numel = prod(shape) / 2
     shape: tuple[int, ...]
+
+
+def block_size_for(in_features: int, requested: int) -> int:
+    """The block size a linear with `in_features` inputs gets: `requested`, or the largest allowed smaller one
+    that divides it (TensorRT needs whole blocks)."""
+    for size in sorted(BLOCK_SIZES, reverse=True):
+        if size <= requested and in_features % size == 0:
+            return size
+    from ..errors import UserError
+
+    raise UserError(f"int4-wo: {in_features} input channels are not a multiple of any block size "
+                    f"≤ {requested} ({', '.join(map(str, BLOCK_SIZES))}); TensorRT needs whole blocks")
 
 
 def n_blocks(in_features: int, block_size: int) -> int:
@@ -97,5 +111,5 @@ def concat_packed(parts: list[PackedInt4]) -> PackedInt4:
 
 
 __all__ = ["BLOCK_SIZES", "DEFAULT_BLOCK_SIZE", "INT4_MAX", "SCALE_SUFFIX", "WEIGHT_SUFFIX", "PackedInt4",
-           "block_amax", "concat_packed", "dequantize_blockwise", "fake_quantize", "n_blocks", "pack_int4",
+           "block_amax", "block_size_for", "concat_packed", "dequantize_blockwise", "fake_quantize", "n_blocks", "pack_int4",
            "quantize_blockwise", "unpack_int4"]

@@ -45,14 +45,14 @@ class Int4WeightTransform:
         if self.plan is not None:
             w = self.plan.scaled(name, w)
         if name == self.embeddings:  # [vocab, dim]: blocks along dim, one row of scales per token
-            q, scale = int4.quantize_blockwise(w.t(), self.block_size)
+            q, scale = int4.quantize_blockwise(w.t(), int4.block_size_for(w.shape[1], self.block_size))
             return [(name + int4.WEIGHT_SUFFIX, int4.pack_int4(q.t().contiguous())),
                     (name + int4.SCALE_SUFFIX, scale.t().contiguous().to(self.dtype))]
         if name not in self.linears:
             return [(name, w.to(self.dtype).contiguous())]
         w_kn = w.t()
         amax = self.plan.clip_amax(name, w_kn) if self.plan is not None else None
-        q, scale = int4.quantize_blockwise(w_kn, self.block_size, amax)
+        q, scale = int4.quantize_blockwise(w_kn, int4.block_size_for(w_kn.shape[0], self.block_size), amax)
         packed, scale = int4.pack_int4(q.contiguous()), scale.to(self.dtype)
         if name not in self.group_of:
             return [(name + int4.WEIGHT_SUFFIX, packed), (name + int4.SCALE_SUFFIX, scale)]
@@ -80,6 +80,7 @@ def dequantized_int4(graph: ir.Graph, name: str, shape: tuple[int, int], axis: i
     DequantizeLinear before `before`; returns its output."""
     from ..exporter.weights import meta_initializer
 
+    block_size = int4.block_size_for(shape[axis], block_size)
     scale_shape = list(shape)
     scale_shape[axis] = int4.n_blocks(shape[axis], block_size)
     q = meta_initializer(graph, name + int4.WEIGHT_SUFFIX, shape, torch.int4)
