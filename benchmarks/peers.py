@@ -199,7 +199,10 @@ from peer_tools import (
 
 OURS = [("llama-export fp32 none", "fp32", "none"), ("llama-export fp32 onnx", "fp32", "onnx"),
         ("llama-export fp32 ort", "fp32", "ort"), ("llama-export fp32 plugin", "fp32", "plugin"),
-        ("llama-export int8-wo none", "int8-wo", "none"), ("llama-export int8-wo ort", "int8-wo", "ort")]
+        ("llama-export int8-wo none", "int8-wo", "none"), ("llama-export int8-wo ort", "int8-wo", "ort"),
+        ("llama-export int4-wo none", "int4-wo", "none"), ("llama-export int4-wo ort", "int4-wo", "ort")]
+# int4-wo rows: RTN at the default block size 128 (random weights: AWQ's search changes values, not the graph or
+# its speed; the HF folder has no tokenizer.model to calibrate with), lm_head quantized like genai's int4.
 GENAI = [("genai fp32", "fp32"), ("genai int8", "int8"), ("genai int4", "int4")]
 
 
@@ -222,7 +225,8 @@ def export_ours(hf_dir: Path, out: Path, precision: str, target: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "llama_export.cli", "export", "--checkpoint", hf_dir, "--precision", precision,
            "--target", target, "--out", out, "--quiet",
-           *(["--quantize-lm-head"] if precision.startswith("int8") else [])]
+           *(["--quantize-lm-head"] if precision.startswith(("int8", "int4")) else []),
+           *(["--int4-method", "rtn"] if precision == "int4-wo" else [])]
     log = out.parent / f"{out.name}.log"
     wall, rss, rc = measure_child(cmd, log, 3600, dict(os.environ))
     if rc:
@@ -323,6 +327,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("out/peers"))
     parser.add_argument("--markdown", action="store_true", help="print the Markdown table for docs/BENCHMARKS.md")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated substrings: keep only the configurations whose name has one")
     parser.add_argument("--reuse-exports", action="store_true",
                         help="debugging: keep models already in --work (no export numbers for them)")
     opts = parser.parse_args()
@@ -344,6 +350,9 @@ def main() -> None:
     exports["optimum fp32"] = lambda: export_optimum(hf_dir, work / "optimum", venvs, overwrite=True)
     exports.update({name: (lambda p=p, name=name: export_genai(hf_dir, work / name.replace(" ", "-"), venvs, p,
                                                                 overwrite=True)) for name, p in GENAI})
+    if opts.only:
+        keep = opts.only.split(",")
+        exports = {name: f for name, f in exports.items() if any(k in name for k in keep)}
     export_runs: dict[str, list[dict]] = {name: [] for name in exports}
     if opts.reuse_exports:
         for name in exports:
@@ -363,10 +372,13 @@ def main() -> None:
     env = child_env({"PYTHONPATH": str(HERE.parent)})
     genai_python = venv_python(venvs, "genai")
     runs = {name: (sys.executable, "onnx", export_runs[name][-1]["model_path"]) for name in exports}
-    runs["genai fp32 (og.Generator)"] = (genai_python, "genai-generator", export_runs["genai fp32"][-1]["model_path"]
-                                         .parent)
+    if "genai fp32" in exports:
+        runs["genai fp32 (og.Generator)"] = (genai_python, "genai-generator",
+                                             export_runs["genai fp32"][-1]["model_path"].parent)
     runs["torch eager (llama-export reference)"] = (sys.executable, "torch", hf_dir)
     runs["torch eager (HF LlamaForCausalLM)"] = (sys.executable, "hf", hf_dir)
+    if opts.only:
+        runs = {name: run for name, run in runs.items() if any(k in name for k in keep)}
     runtime: dict[str, list[dict]] = {name: [] for name in runs}
     for round_ in range(opts.repeats):
         order = list(runs) if round_ % 2 == 0 else list(reversed(runs))  # alternate, and flip the order
@@ -441,6 +453,11 @@ def markdown(summary: dict) -> str:
             f"{r['decode_tok_s'] / own_fp32['decode_tok_s']:.2f}x | {f('roofline_tok_s', '.1f')} | "
             + (f"{100 * r['decode_tok_s'] / r['roofline_tok_s']:.0f} %" if "roofline_tok_s" in r else "")
             + f" | {f('max_abs_logit_diff', '.2e')} | {agree} |")
+    if "genai int4" in by:  # the INT4 comparison: same checkpoint, same ORT, same run
+        genai_int4 = by["genai int4"]["decode_tok_s"]
+        lines += [f"\n{r['name']}: decode {r['decode_tok_s'] / genai_int4:.2f}x genai int4, "
+                  f"{r['decode_tok_s'] / own_fp32['decode_tok_s']:.2f}x own best fp32 ({own_fp32['name']})"
+                  for r in rows if r["name"].startswith("llama-export int4")]
     return "\n".join(lines)
 
 

@@ -145,7 +145,8 @@ def _chunks(pads: list[int], outputs: list[tuple[str, torch.Tensor]]) -> list:
 def _write_all(f, chunks: list, name: str, progress: Callable[[str], None] | None,
                check: list[tuple[str, torch.Tensor]] | tuple = ()) -> None:
     for out_name, tensor in check:
-        check_finite(out_name, tensor, str(tensor.dtype).removeprefix("torch."))
+        if isinstance(tensor, torch.Tensor):  # not PackedInt4: integers (a NaN weight shows in its block's scale)
+            check_finite(out_name, tensor, str(tensor.dtype).removeprefix("torch."))
     for chunk in chunks:
         f.write(chunk)
     if progress is not None:
