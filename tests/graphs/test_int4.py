@@ -139,24 +139,24 @@ def test_ort_runs_it_as_matmulnbits(rtn_exports, target, tmp_path):
 def test_awq_folding_leaves_the_float_model_unchanged():
     """Before rounding, AWQ only moves factors between a linear and what feeds it: the model with every plan
     factor applied (norms, wv rows under GQA, w3 rows, the linears' columns) computes the same logits."""
+    from llama_export.graphs.awq import awq_plan
+
     ckpt = resolve_checkpoint()  # the trained tiny model: real activation outliers, so the search scales
-    quant = prepare_int4(ckpt, block_size=BLOCK, samples=2)
-    plan = quant.awq
+    ids = np.random.default_rng(0).integers(1, ckpt.args.vocab_size, size=(2, 64)).tolist()  # 2 short windows
+    plan = awq_plan(ckpt, ids, BLOCK)
     assert plan.alphas and max(plan.alphas.values()) > 0  # the search chose real (non-unit) factors
     assert ckpt.args.n_heads > ckpt.args.kv_heads  # wo's factors are shared across query heads (GQA)
     reference = Transformer(ckpt.args)
     reference.load_state_dict({n: ckpt.tensor(n).float() for n in ckpt.names()})
     folded = Transformer(ckpt.args)
     folded.load_state_dict({n: plan.scaled(n, ckpt.tensor(n).float()) for n in ckpt.names()})
-    changed = [n for n in ckpt.names() if not torch.equal(plan.scaled(n, ckpt.tensor(n).float()), ckpt.tensor(n))]
-    assert len(changed) == 9 * ckpt.args.n_layers  # 7 linears + 2 norms per layer
+    # the GQA-shared wo factors are exercised: some layer divides wv's rows by non-unit factors
+    assert any(not np.allclose(s, 1) for n, s in plan.rows.items() if n.endswith("attention.wv.weight"))
     ids = torch.tensor([[1, 57, 300, 12, 999, 5, 77, 1500]])
     with torch.no_grad():
         args = (ids, torch.arange(ids.shape[1])[None], torch.ones_like(ids), *reference.empty_cache(1))
         expected, actual = reference(*args)[0], folded(*args)[0]
     np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
-    manifest = quant.manifest()
-    assert manifest["awq"]["samples"] == 2 and len(manifest["awq"]["sha256"]) == 64
 
 
 def _fake_quantized_torch(ckpt, quant) -> Transformer:
