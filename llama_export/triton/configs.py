@@ -72,7 +72,7 @@ def tensorrt_requirement(engine: dict) -> str:
 
 def frontend_config(name: str, args: ModelArgs, kv_dtype: str, max_input: int, max_seq: int, *,
                     onnx_model: str | None = None, plan_model: str | None = None,
-                    instances: int = 1, ort_threads: int = 1, decoupled: bool = True,
+                    instances: int = 1, ort_threads: int = 1, ort_spinning: bool = True, decoupled: bool = True,
                     scheduler: str = protocol.SCHEDULER_IN_FLIGHT, max_batch: int = 16,
                     max_tokens: int | None = None) -> pb.ModelConfig:
     """The Python model; exactly one of onnx_model (CPU, in-process ORT) or plan_model (GPU, BLS).
@@ -112,6 +112,7 @@ def frontend_config(name: str, args: ModelArgs, kv_dtype: str, max_input: int, m
     if onnx_model:
         _parameter(config, protocol.PARAM_ONNX_MODEL, onnx_model)
         _parameter(config, protocol.PARAM_ORT_THREADS, str(ort_threads))
+        _parameter(config, protocol.PARAM_ORT_SPINNING, "1" if ort_spinning else "0")
     else:
         _parameter(config, protocol.PARAM_PLAN_MODEL, plan_model)
     return config

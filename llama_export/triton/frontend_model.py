@@ -133,8 +133,10 @@ class TritonPythonModel:
             from llama_export.validate.runners import OrtRunner
 
             repository = Path(args["model_repository"]).parent  # model_repository is this model's own folder
+            spinning = {"session.intra_op.allow_spinning": params.get(protocol.PARAM_ORT_SPINNING, "1")}
             self.runner = OrtRunner(repository / params[protocol.PARAM_ONNX_MODEL], self.args,
-                                    intra_op_threads=int(params.get(protocol.PARAM_ORT_THREADS, "0")))
+                                    intra_op_threads=int(params.get(protocol.PARAM_ORT_THREADS, "0")),
+                                    session_config=spinning)
         else:
             self.runner = BlsRunner(params[protocol.PARAM_PLAN_MODEL], self.args, params[protocol.PARAM_KV_DTYPE])
         self.in_flight = self.decoupled and params.get(protocol.PARAM_SCHEDULER) == protocol.SCHEDULER_IN_FLIGHT

@@ -30,6 +30,7 @@ PARAM_KV_DTYPE = "kv_dtype"  # numpy dtype name of the KV cache
 PARAM_MAX_INPUT = "max_input"  # longest prompt in tokens (engine profile limit, or context - 1)
 PARAM_MAX_SEQ = "max_seq"  # KV capacity: prompt + generated tokens
 PARAM_ORT_THREADS = "ort_intra_op_threads"
+PARAM_ORT_SPINNING = "ort_allow_spinning"  # "0": ORT's idle threads sleep (the scheduler and gRPC need the cores)
 PARAM_SCHEDULER = "scheduler"  # SCHEDULER_IN_FLIGHT or SCHEDULER_SERIAL (decoupled front end)
 PARAM_MAX_BATCH = "max_batch"  # most sequences decoding together
 PARAM_MAX_TOKENS = "max_tokens_in_flight"  # most KV tokens reserved (prompt + max_new_tokens) over the batch

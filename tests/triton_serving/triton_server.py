@@ -101,7 +101,7 @@ def libpython_dir() -> str | None:
 class TritonServer:
     """Start on free loopback ports, wait until ready (bounded), always stop (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, venv: Path, repository: Path, models: list[str], workdir: Path):
+    def __init__(self, venv: Path, repository: Path | list[Path], models: list[str], workdir: Path):
         self.paths = server_paths(venv)
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         self.http_url, self.grpc_url = f"127.0.0.1:{self.http_port}", f"127.0.0.1:{self.grpc_port}"
@@ -113,7 +113,8 @@ class TritonServer:
         env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [lib, str(self.paths["libs"]),
                                                                env.get("LD_LIBRARY_PATH")]))
-        self.command = [str(self.paths["binary"]), f"--model-repository={repository}",
+        repositories = repository if isinstance(repository, list) else [repository]
+        self.command = [str(self.paths["binary"]), *(f"--model-repository={r}" for r in repositories),
                         f"--backend-directory={backends}", "--model-control-mode=explicit",
                         *(f"--load-model={m}" for m in models), "--http-address=127.0.0.1",
                         "--grpc-address=127.0.0.1", f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
