@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import queue
 import statistics
@@ -33,8 +34,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "triton_serving"))  # the tests' tritonserver launcher and its venv
 
-import itertools
-
 import tritonclient.grpc as grpcclient
 from cpu_decode import one_round
 from triton_server import TritonServer, ensure_venv
@@ -44,7 +43,7 @@ from llama_export.exporter import artifacts
 from llama_export.exporter.checkpoints import RandomCheckpoint
 from llama_export.exporter.export import export_to_folder
 from llama_export.exporter.sources import TINY_ASSET, resolve_checkpoint
-from llama_export.exporter.tokenizer import Tokenizer
+from llama_export.exporter.tokenization import find_tokenizer
 from llama_export.triton import protocol
 from llama_export.triton.repository import write_repository
 from llama_export.validate.runners import OrtRunner
@@ -59,14 +58,16 @@ def export_model(name: str, out: Path) -> Path:
         return export_to_folder(resolve_checkpoint(), out, quiet=True)
     args = dataclasses.replace(get_size(name), vocab_size=2048)
     folder = export_to_folder(RandomCheckpoint(args, seed=0), out, quiet=True)
-    (folder / artifacts.TOKENIZER).write_bytes((TINY_ASSET / artifacts.TOKENIZER).read_bytes())
+    tokenizer = find_tokenizer(TINY_ASSET)
+    tokenizer.copy_to(folder)
     manifest = json.loads((folder / artifacts.MANIFEST).read_text())
     manifest.pop("files", None)
+    manifest["tokenizer"] = tokenizer.manifest()
     artifacts.write_manifest(folder, manifest)  # lists the tokenizer like any file
     return folder
 
 
-def prompt_text(tokenizer: Tokenizer) -> str:
+def prompt_text(tokenizer) -> str:
     """Text of about PROMPT_TOKENS tokens (the tiny model's training domain)."""
     words = ["The", "for", "statement", "in", "Python", "differs", "a", "bit", "from", "what", "you", "may", "be", "used", "to", "in", "C", "or", "Pascal.", "Rather", "than", "always", "iterating", "over", "an", "arithmetic", "progression", "of", "numbers,", "or", "giving", "the", "user", "the", "ability", "to", "define", "both", "the", "iteration", "step", "and", "halting", "condition"]
     for n in range(1, len(words) + 1):
@@ -162,7 +163,7 @@ def main() -> None:
     opts = parser.parse_args()
     levels = [int(c) for c in opts.concurrency.split(",")]
     models = opts.models.split(",")
-    tokenizer = Tokenizer(TINY_ASSET / artifacts.TOKENIZER)
+    tokenizer = find_tokenizer(TINY_ASSET)
     prompt = prompt_text(tokenizer)
     prompt_ids = tokenizer.encode(prompt)
     with tempfile.TemporaryDirectory() as tmp:
