@@ -1,9 +1,10 @@
 """Layer-major validation: one decoder block in memory at a time, every side advanced through it together.
 
 Teacher-forced comparison never needs the whole model: the token stream is fixed up front, so for block i each
-side (the fp32 Torch reference, the Torch model in the candidate's dtype, the ORT candidate) runs the prefill
-and every decode step through that block alone, with the block's own KV cache, and keeps the per-step hidden
-states for block i+1. The Torch side loads block i's weights from the checkpoint (Checkpoint.tensor, the same
+side (the fp32 Torch reference, the Torch model in the candidate's dtype, the ORT candidate) runs every position
+through that block alone and keeps the hidden states for block i+1. The candidate runs the prefill and every
+decode step with the block's own KV cache (its cache path is what is checked); the Torch sides run the stream
+as one causal pass (the same function of the tokens, computed faster). The Torch side loads block i's weights from the checkpoint (Checkpoint.tensor, the same
 streaming readers the exporter uses) and the ORT side runs block i's piece of the exported graph (blocks.py),
 so each weight is read once and memory is one block plus activations. Logits, perplexity and the per-layer
 errors of the bisection come out of the same pass.
@@ -50,21 +51,25 @@ def chunks(prompt_ids: list[int], forced_ids: list[int]) -> list[Chunk]:
 
 
 class TorchSide:
-    """The reference model, one block at a time, in `dtype`."""
+    """The reference model, one block at a time, in `dtype`. It runs the whole token stream as one causal pass
+    per block (one matrix product instead of a matrix-vector product per decode step: 5-10× faster on CPU): with
+    causal attention, position k's output is the same function of tokens 0..k as decode step k's with the KV
+    cache, so only float rounding differs (the KV path itself is what the candidate's side checks)."""
 
     def __init__(self, args: ModelArgs, dtype, name: str):
         self.args, self.dtype, self.name = args, dtype, name
-        self.hidden: list = []  # per chunk: [1, n, dim] torch tensor in `dtype`
+        self.hidden = None  # [1, positions, dim] torch tensor in `dtype`
 
     def embed(self, weights: dict, stream: list[Chunk]) -> None:
         import torch
 
         table = weights["tok_embeddings.weight"].to(self.dtype)
-        self.hidden = [torch.nn.functional.embedding(torch.from_numpy(c.input_ids), table) for c in stream]
+        ids = np.concatenate([c.input_ids for c in stream], axis=1)
+        self.hidden = torch.nn.functional.embedding(torch.from_numpy(ids), table)
 
-    def block(self, weights: dict, stream: list[Chunk]) -> list[np.ndarray]:
-        """Run every chunk through one block (weights: its tensors without the `layers.i.` prefix); returns the
-        block's output per chunk (float32, [n, dim])."""
+    def block(self, weights: dict, stream: list[Chunk]) -> np.ndarray:
+        """Run every position through one block (weights: its tensors without the `layers.i.` prefix); returns
+        the block's output (float32, [positions, dim])."""
         import torch
 
         from ..exporter.model import TransformerBlock, attention_bias, rope_inv_freq, rope_tables
@@ -72,17 +77,13 @@ class TorchSide:
         with torch.device("meta"):
             module = TransformerBlock(self.args)
         module.load_state_dict({k: t.to(self.dtype) for k, t in weights.items()}, strict=True, assign=True)
-        shape = (1, self.args.kv_heads, 0, self.args.head_dim)
-        key = value = torch.zeros(shape, dtype=self.dtype)
-        inv_freq = rope_inv_freq(self.args)
-        outputs = []
+        positions = self.hidden.shape[1]
+        empty = torch.zeros((1, self.args.kv_heads, 0, self.args.head_dim), dtype=self.dtype)
+        cos, sin = rope_tables(torch.arange(positions)[None], rope_inv_freq(self.args))
+        bias = attention_bias(torch.ones((1, positions), dtype=torch.int64), positions)
         with torch.no_grad():
-            for c, chunk in enumerate(stream):
-                cos, sin = rope_tables(torch.from_numpy(chunk.position_ids), inv_freq)
-                bias = attention_bias(torch.from_numpy(chunk.attention_mask), chunk.input_ids.shape[1])
-                self.hidden[c], key, value = module(self.hidden[c], cos, sin, bias, key, value)
-                outputs.append(self.hidden[c][0].float().numpy().copy())
-        return outputs
+            self.hidden, _, _ = module(self.hidden, cos, sin, bias, empty, empty)
+        return self.hidden[0].float().numpy().copy()
 
     def head(self, weights: dict) -> np.ndarray:
         import torch
@@ -93,8 +94,7 @@ class TorchSide:
         norm.weight = torch.nn.Parameter(weights["norm.weight"].to(self.dtype), requires_grad=False)
         output = weights["output"].to(self.dtype)
         with torch.no_grad():
-            rows = [torch.nn.functional.linear(norm(h), output).float()[0] for h in self.hidden]
-        return torch.cat(rows).numpy()
+            return torch.nn.functional.linear(norm(self.hidden), output).float()[0].numpy()
 
 
 class OrtSide:
@@ -177,7 +177,7 @@ def streamed_traces(checkpoint, split: SplitGraph, folder: Path, prompt_ids: lis
         say(f"block {i + 1}/{args.n_layers}")
         weights = layer_weights(checkpoint, i)
         for name, side in torch_sides.items():
-            layers[name].append(np.concatenate(side.block(weights, stream)))
+            layers[name].append(side.block(weights, stream))
         del weights
         layers["candidate"].append(np.concatenate(candidate.block(i, stream)))
         gc.collect()

@@ -1,11 +1,14 @@
 """Layer-major (streamed) validation gives the metrics of the whole-model comparison on the same token stream.
 
-Tolerance: in fp32 both ways compute the same thing and agree to float rounding (logits within 1e-5, metrics
-equal to 1e-6 relative). In fp16 the Torch sides still agree exactly, but the ORT candidate rounds the hidden
-state to fp16 at every block boundary, where ORT running the whole graph keeps it in fp32 between the casts it
-inserts on CPU; the two candidate runs then differ by about as much as the candidate differs from the
-reference. The stated tolerance: top-1 equal, and KL and perplexity Δ of the two ways differ by less than the
-fp16 noise floor's own KL and perplexity Δ (the difference fp16 itself makes).
+Tolerance. The Torch sides of the streamed pass run the token stream as one causal pass per block, the
+whole-model sides prefill then decode with a KV cache: the same function, so they differ by float rounding only
+(fp32 logits and block outputs within 5e-5; fp16 ones within 4 fp16 ulps of the largest logit). The ORT candidate runs the same KV loop both ways: in fp32 it agrees
+to 1e-6; in fp16 it rounds the hidden state to fp16 at every block boundary, where ORT running the whole graph
+keeps it in fp32 between the casts it inserts on CPU, so the two candidate runs differ by about as much as the
+candidate differs from the reference. Stated tolerance: fp32 — top-1 / top-5 equal, max |Δlogit| within 5e-5,
+KL within 1e-10 (both are rounding, ~1e-12), perplexities within 1e-6 relative, per-layer errors within 10%;
+fp16 — top-1 equal, and KL, perplexity Δ and each layer's error of the two ways differ by less than the fp16
+noise floor's own (the difference fp16 itself makes).
 """
 
 from __future__ import annotations
@@ -42,24 +45,30 @@ def whole_and_streamed(folder, prompt_tokens=12, steps=6):
 
 def assert_agree(folder):
     prompt, whole, streamed = whole_and_streamed(folder)
+    fp32 = "noise" not in whole
     for side in whole:
-        if side != "candidate" or pipeline.noise_dtype(load_manifest(folder)) is None:
-            np.testing.assert_allclose(streamed[side].logits, whole[side].logits, atol=1e-5, rtol=0)
+        atol = {"candidate": 1e-6, "reference": 5e-5}.get(side)
+        if side == "noise":  # fp16 Torch: the two ways round differently, within a few fp16 ulps of the logits
+            atol = 4 * float(np.finfo(np.float16).eps) * float(np.abs(whole[side].logits).max())
+        if side != "candidate" or fp32:
+            np.testing.assert_allclose(streamed[side].logits, whole[side].logits, atol=atol, rtol=0)
             for s, w in zip(streamed[side].layers, whole[side].layers):
-                np.testing.assert_allclose(s, w, atol=1e-5, rtol=0)
+                np.testing.assert_allclose(s, w, atol=atol, rtol=0)
     ways = {name: compare.compare_logits(t["reference"], t["candidate"], prompt) for name, t in
             (("whole", whole), ("streamed", streamed))}
     layer_errors = {name: compare.compare_layers(t["reference"], t["candidate"]) for name, t in
                     (("whole", whole), ("streamed", streamed))}
     w, s = ways["whole"], ways["streamed"]
-    if "noise" not in whole:
-        for metric, value in w["overall"].items():
-            assert s["overall"][metric] == pytest.approx(value, rel=1e-6, abs=1e-12), metric
+    assert s["overall"]["top1"] == w["overall"]["top1"]
+    if fp32:
+        assert s["overall"]["top5_overlap"] == w["overall"]["top5_overlap"]
+        assert abs(s["overall"]["max_abs"] - w["overall"]["max_abs"]) <= 5e-5
+        assert abs(s["overall"]["kl"] - w["overall"]["kl"]) <= 1e-10
         assert s["perplexity"]["candidate"] == pytest.approx(w["perplexity"]["candidate"], rel=1e-6)
-        assert layer_errors["streamed"] == pytest.approx(layer_errors["whole"], rel=1e-6)
+        assert s["perplexity"]["reference"] == pytest.approx(w["perplexity"]["reference"], rel=1e-6)
+        assert layer_errors["streamed"] == pytest.approx(layer_errors["whole"], rel=0.1)
     else:
         noise = compare.compare_logits(whole["reference"], whole["noise"], prompt)
-        assert s["overall"]["top1"] == w["overall"]["top1"]
         assert abs(s["overall"]["kl"] - w["overall"]["kl"]) < noise["overall"]["kl"]
         assert abs(s["perplexity"]["delta"] - w["perplexity"]["delta"]) < noise["perplexity"]["delta"]
         noise_layers = compare.compare_layers(whole["reference"], whole["noise"])
