@@ -176,6 +176,8 @@ def build(checkpoint: Checkpoint, out_dir: str | Path, options: BuildOptions | N
     limits = options.limits or default_limits(checkpoint.args.max_seq_len)
     result = BuildResult(folder=Path(out_dir).absolute())
     engine_notes = plan_memory(checkpoint, options, builder)
+    for note in engine_notes:  # said before the export starts; repeated among the notes at the end
+        say(note)
     folder = result.folder
 
     artifacts.clean_stale_siblings(folder)  # a killed run's staging folders, also when its export is kept
