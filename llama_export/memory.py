@@ -29,10 +29,12 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 # Measured factors (docs/BENCHMARKS.md, "Memory planning"). Bytes are host anonymous memory at the stage's peak.
 RUNTIME_BASE = 0.5 * GB  # torch + onnxruntime (+ the builder's) libraries and the graph, before any weight
 EXPORT_LARGEST_TENSOR_COPIES = 2  # the stream keeps two fp32 buffers of the largest tensor (AlternatingBuffers)
-# Builder peak RssAnon / weight bytes of the ONNX file, both profiles (TensorRT-RTX 1.7 on CPU; docs/ENGINES.md
-# "Builder host memory": no builder option measured here lowers it by more than a fifth). Full TensorRT: unmeasured
-# (not installable here), assumed the same.
-ENGINE_WEIGHT_FACTOR = {"tensorrt-rtx": 4.8, "tensorrt": 4.8}
+# TensorRT-RTX 1.7 builder on CPU, both profiles: peak RssAnon ≈ ENGINE_BASE + factor × the ONNX weight bytes, a
+# line through `small` fp16 (1.19 GB for 0.25 GB) and 2-layer 7B fp16 (4.11 GB for 1.33 GB); docs/ENGINES.md
+# "Builder host memory" (no option that runs on CPU lowers it by more than a fifth). Full TensorRT: not
+# installable here, assumed the same.
+ENGINE_BASE = 0.5 * GB
+ENGINE_WEIGHT_FACTOR = {"tensorrt-rtx": 2.7, "tensorrt": 2.7}
 WHOLE_VALIDATION_FP32_FACTOR = 1.17  # whole-model validation peak / fp32 weight bytes (one side at a time)
 # Layer-major validation: one block of every side at once (fp32 reference + candidate-dtype noise model + the
 # ORT piece, which casts fp16 weights to fp32 on CPU) and, before and after the blocks, the embedding / output
@@ -149,8 +151,8 @@ def export_need(args: ModelArgs) -> Need:
 
 def engine_need(weight_bytes: int, builder: str) -> Need:
     factor = ENGINE_WEIGHT_FACTOR.get(builder, max(ENGINE_WEIGHT_FACTOR.values()))
-    return Need(f"the {builder} engine build", int(RUNTIME_BASE + factor * weight_bytes),
-                f"{factor}× the {_gb(weight_bytes)} of weights, measured")
+    return Need(f"the {builder} engine build", int(ENGINE_BASE + factor * weight_bytes),
+                f"{ENGINE_BASE / GB:.1f} GB + {factor}× the {_gb(weight_bytes)} of weights, measured")
 
 
 def whole_validation_need(args: ModelArgs) -> Need:
