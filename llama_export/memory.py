@@ -137,7 +137,7 @@ _WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8-wo": 1, "int8": 1, "int4
 def estimated_weight_bytes(args: ModelArgs, precision: str) -> int:
     """The exported weights' size before the export exists: quantized precisions quantize the blocks' matrices;
     the embedding and output matrices stay in the float dtype (2 bytes assumed)."""
-    tables = 2 * args.vocab_size * args.dim
+    tables = (1 if args.tie_embeddings else 2) * args.vocab_size * args.dim
     if precision in ("fp32", "fp16", "bf16"):
         return int(_WEIGHT_BYTES[precision] * args.n_params)
     return int(_WEIGHT_BYTES.get(precision, 2) * (args.n_params - tables) + 2 * tables)
@@ -162,7 +162,7 @@ def whole_validation_need(args: ModelArgs) -> Need:
 
 
 def streamed_validation_need(args: ModelArgs) -> Need:
-    block = 4 * (args.n_params - 2 * args.vocab_size * args.dim) // args.n_layers
+    block = 4 * (args.n_params - (1 if args.tie_embeddings else 2) * args.vocab_size * args.dim) // args.n_layers
     table = 4 * args.vocab_size * args.dim
     peak = max(STREAMED_BLOCK_FACTOR * block, STREAMED_TABLE_FACTOR * table)
     return Need("layer-major validation", int(RUNTIME_BASE + peak),
