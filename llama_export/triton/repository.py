@@ -154,6 +154,10 @@ def write_repository(folder: str | Path, repo: str | Path, name: str | None = No
     return Repository(Path(repo).absolute(), models, tensorrt)
 
 
+# What the front end's Python must import for each tokenizer kind (exporter/tokenization), besides jinja2 for chat.
+TOKENIZER_PACKAGES = {"sentencepiece": "sentencepiece", "hf": "tokenizers", "llama3-tiktoken": "tiktoken"}
+
+
 def repository_readme(built: Artifacts, models: dict[str, str], engine: dict | None) -> str:
     lines = [f"# Triton model repository for {built.folder.name}", "",
              (f"Written by llama-export from {built.folder} ({built.manifest.get('size') or 'checkpoint'}, "
@@ -168,13 +172,21 @@ def repository_readme(built: Artifacts, models: dict[str, str], engine: dict | N
     lines += ["", "CPU only (no TensorRT backend needed):", "",
               (f"    tritonserver --model-repository REPO --model-control-mode explicit --load-model {models['generate']} "
               f"--load-model {models['complete']}"),
-              ""]
+              "", _python_packages(built), ""]
     if engine:
         requirement = configs.tensorrt_requirement(engine)
         lines += [(f"TensorRT: the engine was built by {requirement} and only loads with that exact version "
                   f"(config parameter `{protocol.PARAM_TENSORRT_VERSION}`)."),
                   container_advice(engine["builder"], engine["builder_version"]), ""]
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _python_packages(built: Artifacts) -> str:
+    kind = (built.manifest.get("tokenizer") or {}).get("kind")
+    tokenizer = TOKENIZER_PACKAGES.get(kind, "sentencepiece")
+    return (f"The front ends' Python (the interpreter the python backend stub runs) needs `numpy<2`, `onnxruntime`, "
+            f"`{tokenizer}` (this model's {kind or 'sentencepiece'} tokenizer) and `jinja2>=3.1.6` (requests with "
+            f"`{protocol.CHAT}` set render the chat template).")
 
 
 __all__ = [
