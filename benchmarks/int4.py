@@ -25,7 +25,7 @@ from llama_export.assets.corpus import corpus
 from llama_export.exporter.checkpoints import load_model
 from llama_export.exporter.export import export_to_folder, prepare_int4
 from llama_export.exporter.sources import TINY_ASSET, resolve_checkpoint
-from llama_export.exporter.tokenizer import Tokenizer
+from llama_export.exporter.tokenization import load_tokenizer
 from llama_export.validate.heldout import forced_agreement, heldout_windows, windowed_perplexity
 from llama_export.validate.runners import WEIGHT_ONLY_INT8, OrtRunner, TorchRunner
 
@@ -43,7 +43,7 @@ def main() -> None:
     torch.set_num_threads(1)  # two threads oversubscribe these 2 shared cores
 
     ckpt = resolve_checkpoint()
-    tok = Tokenizer(TINY_ASSET / "tokenizer.model")
+    tok = load_tokenizer(TINY_ASSET)
     windows = heldout_windows(tok.encode(corpus()[1], bos=False), tok.bos_id, limit=opts.windows)
     prompts = [tok.encode(p) for p in PROMPTS]
     reference = TorchRunner(load_model(ckpt))

@@ -246,18 +246,17 @@ def awq_plan(checkpoint, windows: list[list[int]], block_size: int,
     return plan
 
 
-def calibrate_awq(checkpoint, text, tokenizer_path, block_size: int, samples: int | None = None) -> AwqPlan:
-    """awq_plan on `text` (calibration.CalibrationText), windowed as int8's calibration is."""
+def calibrate_awq(checkpoint, text, tokenizer, block_size: int, samples: int | None = None) -> AwqPlan:
+    """awq_plan on `text` (calibration.CalibrationText) tokenized by `tokenizer` (exporter.tokenization), windowed
+    as int8's calibration is."""
     from ..errors import UserError
-    from ..exporter.tokenizer import Tokenizer
     from .calibration import CALIBRATION_WINDOW, DEFAULT_SAMPLES, calibration_windows
 
-    if tokenizer_path is None:
-        raise UserError("AWQ calibration needs a tokenizer.model next to the checkpoint to tokenize the text "
-                        "(or use --int4-method rtn)")
-    tokenizer = Tokenizer(tokenizer_path)
+    if tokenizer is None:
+        raise UserError("AWQ calibration needs the checkpoint's tokenizer (tokenizer.json or tokenizer.model next "
+                        "to the weights) to tokenize the text (or use --int4-method rtn)")
     window = min(CALIBRATION_WINDOW, checkpoint.args.max_seq_len)
-    bos = tokenizer.bos_id if tokenizer.bos_id >= 0 else None
+    bos = tokenizer.bos_id
     windows = calibration_windows(tokenizer.encode(text.text, bos=False), window,
                                   DEFAULT_SAMPLES if samples is None else samples, text.source, bos)
     plan = awq_plan(checkpoint, windows, block_size)

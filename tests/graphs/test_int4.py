@@ -185,11 +185,11 @@ def test_awq_beats_rtn_on_heldout_perplexity():
     strictly better than RTN (benchmarks/int4.py measures the same through ONNX Runtime)."""
     from llama_export.assets.corpus import corpus
     from llama_export.exporter.sources import TINY_ASSET
-    from llama_export.exporter.tokenizer import Tokenizer
+    from llama_export.exporter.tokenization import load_tokenizer
     from llama_export.validate.heldout import heldout_windows, windowed_perplexity
 
     ckpt = resolve_checkpoint()
-    tok = Tokenizer(TINY_ASSET / "tokenizer.model")
+    tok = load_tokenizer(TINY_ASSET)
     windows = heldout_windows(tok.encode(corpus()[1], bos=False), tok.bos_id, limit=48)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
