@@ -67,7 +67,7 @@ class InFlightScheduler:
     def __init__(self, runner, max_batch: int, max_tokens: int, metrics: Metrics | None = None):
         self.batch = BatchedGeneration(runner)
         self.max_batch, self.max_tokens = max_batch, max_tokens
-        self.metrics = metrics or Metrics()
+        self.metrics = _Changes(metrics or Metrics())
         self.jobs: dict[int, Job] = {}  # id(sequence) -> its job, for the rows of the batch
         self.queue: collections.deque[Job] = collections.deque()
         self._wake = threading.Condition()
@@ -151,6 +151,7 @@ class InFlightScheduler:
             return
         for update in updates:
             self._deliver(self.jobs[id(update.sequence)], update)
+        self.metrics.generated(sum(update.token is not None for update in updates))
         self.metrics.running(self.batch.batch_size)  # rows that finished in this step are gone
 
     def _fits(self, job: Job) -> bool:
@@ -182,10 +183,10 @@ class InFlightScheduler:
     def _deliver(self, job: Job, update: Update) -> None:
         """Stream the new text (or hold it for the final response); finish the job when its sequence ended."""
         if update.token is not None:
-            if job.first_token_at is None:
+            if job.first_token_at is None:  # the token chosen from its prefill: counted here, not per step
                 job.first_token_at = time.perf_counter()
                 self.metrics.first_token(job.first_token_at - job.submitted)
-            self.metrics.generated(1)
+                self.metrics.generated(1)
             text = job.streamer.push(update.token)
             if job.streamer.stopped:  # a stop string: the sequence ends here
                 self._leave(job)
@@ -210,6 +211,32 @@ class InFlightScheduler:
         except Exception:  # noqa: BLE001 - the client is gone: drop it, keep the batch going
             self._leave(job)
             return False
+
+
+class _Changes:
+    """Forwards to the front end's metrics only what changed: each Triton metric update is a message from the
+    backend stub to the server, and a step with 16 rows would otherwise send dozens."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics, self.last = metrics, {}
+
+    def queued(self, length: int) -> None:
+        self._gauge("queued", length)
+
+    def running(self, batch_size: int) -> None:
+        self._gauge("running", batch_size)
+
+    def generated(self, tokens: int) -> None:
+        if tokens:
+            self.metrics.generated(tokens)
+
+    def first_token(self, seconds: float) -> None:
+        self.metrics.first_token(seconds)
+
+    def _gauge(self, name: str, value: int) -> None:
+        if self.last.get(name) != value:
+            self.last[name] = value
+            getattr(self.metrics, name)(value)
 
 
 def _safe(call, *args):
