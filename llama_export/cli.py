@@ -98,7 +98,8 @@ def export_options(f):
                           "replaced only when it is a llama-export output (or with --force).")(f)
     f = click.option("--opset", type=int, default=23, show_default=True, help="ONNX opset, 18 or newer.")(f)
     f = click.option("--precision", default="fp32", show_default=True,
-                     help="fp32, fp16, bf16 (typed graph); int8-wo (int8 weights) or int8 (W8A8, calibrated).")(f)
+                     help="fp32, fp16, bf16 (typed graph); int8-wo (int8 weights), int8 (W8A8, calibrated) or "
+                          "int4-wo (packed int4 weights, per-block scales; AWQ-calibrated by default).")(f)
     return quantization_options(f)
 
 
@@ -106,25 +107,32 @@ def quantization_options(f):
     """int8 options. The float dtype is its own option rather than part of the precision name: precision stays
     one of the five names the gate, manifest and design know, and --float-dtype composes with both int8 kinds."""
     f = click.option("--float-dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
-                     help="int8 precisions: dtype of activations, KV cache and unquantized weights [fp32].")(f)
+                     help="int8/int4 precisions: dtype of activations, KV cache and unquantized weights [fp32].")(f)
+    f = click.option("--block-size", type=click.Choice(["32", "64", "128"]), default=None,
+                     help="int4-wo: input channels per scale [128].")(f)
+    f = click.option("--int4-method", type=click.Choice(["awq", "rtn"]), default=None,
+                     help="int4-wo: awq (scales and clipping searched on --calibration text) or rtn "
+                          "(round to nearest) [awq].")(f)
     f = click.option("--calibration", type=click.Path(path_type=Path), default=None,
-                     help="int8: UTF-8 text to calibrate on (default: the tiny model's training text).")(f)
+                     help="int8 / int4-wo AWQ: UTF-8 text to calibrate on (default: the tiny model's training "
+                          "text).")(f)
     f = click.option("--calibration-samples", type=click.IntRange(min=1), default=None,
-                     help="int8: calibration windows (default 32, of min(512, context) tokens).")(f)
+                     help="int8 / int4-wo AWQ: calibration windows (default 32, of min(512, context) tokens).")(f)
     f = click.option("--alpha", type=float, default=None, help="int8: SmoothQuant migration strength [0.5].")(f)
-    f = click.option("--quantize-lm-head", is_flag=True, help="int8: also quantize the output projection.")(f)
-    f = click.option("--quantize-embeddings", is_flag=True, help="int8: also quantize the embedding table.")(f)
+    f = click.option("--quantize-lm-head", is_flag=True, help="int8/int4: also quantize the output projection.")(f)
+    f = click.option("--quantize-embeddings", is_flag=True, help="int8/int4: also quantize the embedding table.")(f)
     return f
 
 
 def _quantization(ckpt, precision, calibration, calibration_samples, alpha, quantize_lm_head,
-                  quantize_embeddings):
-    from .exporter.export import prepare_quantization
+                  quantize_embeddings, block_size=None, int4_method=None):
+    from .exporter.export import QUANTIZED_PRECISIONS, prepare_quantization
 
-    if precision not in ("int8-wo", "int8") and (quantize_lm_head or quantize_embeddings or calibration_samples):
-        raise UserError(f"--quantize-* / --calibration-samples apply to the int8 precisions, not {precision}")
+    if precision not in QUANTIZED_PRECISIONS and (quantize_lm_head or quantize_embeddings or calibration_samples):
+        raise UserError(f"--quantize-* / --calibration-samples apply to the quantized precisions "
+                        f"({', '.join(QUANTIZED_PRECISIONS)}), not {precision}")
     return prepare_quantization(ckpt, precision, calibration, alpha, calibration_samples, quantize_lm_head,
-                                quantize_embeddings)
+                                quantize_embeddings, None if block_size is None else int(block_size), int4_method)
 
 
 def default_out(size: str | None, checkpoint: Path | None, precision: str, float_dtype: str | None = None) -> Path:
@@ -137,7 +145,8 @@ def default_out(size: str | None, checkpoint: Path | None, precision: str, float
 @model_options
 @export_options
 def export(size, checkpoint, random_init, seed, precision, opset, target, out, quiet, float_dtype, calibration,
-           calibration_samples, alpha, quantize_lm_head, quantize_embeddings, force, allow_nonfinite):
+           calibration_samples, alpha, quantize_lm_head, quantize_embeddings, force, allow_nonfinite, block_size,
+           int4_method):
     """Export to ONNX: DIR/model.onnx + model.onnx.data + manifest.json (weights streamed, bounded memory)."""
     from .exporter.artifacts import check_replaceable
     from .exporter.export import check_export_options, export_to_folder
@@ -149,7 +158,7 @@ def export(size, checkpoint, random_init, seed, precision, opset, target, out, q
     out = check_replaceable(out or default_out(size, checkpoint, precision, float_dtype), force=force,
                             protect=[checkpoint])  # before calibration
     quantization = _quantization(ckpt, precision, calibration, calibration_samples, alpha, quantize_lm_head,
-                                 quantize_embeddings)
+                                 quantize_embeddings, block_size, int4_method)
     folder = export_to_folder(ckpt, out, precision, opset, quiet=quiet, target=target, float_dtype=float_dtype,
                               quantization=quantization, force=force)
     if not quiet:
@@ -339,7 +348,8 @@ def _checkpoint_tokenizer(tokenizer, checkpoint, size, random_init):
               help="Write triton/ (default: when tritonclient is installed).")
 def build(size, checkpoint, random_init, seed, precision, opset, target, out, quiet, float_dtype, calibration,
           calibration_samples, alpha, quantize_lm_head, quantize_embeddings, engine, builder, max_batch,
-          max_input, max_seq, timing_cache, validate, steps, layer_major, triton, force, allow_nonfinite):
+          max_input, max_seq, timing_cache, validate, steps, layer_major, triton, force, allow_nonfinite,
+          block_size, int4_method):
     """Export, fuse, build an engine, validate and write a Triton repository into one output folder."""
     from .build import BuildOptions, default_limits
     from .build import build as run_build
@@ -353,7 +363,7 @@ def build(size, checkpoint, random_init, seed, precision, opset, target, out, qu
     out = check_replaceable(out or default_out(size, checkpoint, precision, float_dtype), force=force,
                             protect=[checkpoint])  # before calibration
     quantization = _quantization(ckpt, precision, calibration, calibration_samples, alpha, quantize_lm_head,
-                                 quantize_embeddings)
+                                 quantize_embeddings, block_size, int4_method)
     options = BuildOptions(precision=precision, target=target, opset=opset, engine=engine, builder=builder,
                            float_dtype=float_dtype, quantization=quantization,
                            limits=default_limits(ckpt.args.max_seq_len, max_batch, max_input, max_seq),

@@ -262,9 +262,13 @@ def prepare_quantization(checkpoint: Checkpoint, precision: str, calibration_fil
     if precision not in QUANTIZED_PRECISIONS:
         if calibration_file is not None or alpha is not None:
             raise UserError(f"--calibration / --alpha apply to --precision int8, not {precision}")
+        if block_size is not None or int4_method is not None:
+            raise UserError(f"--block-size / --int4-method apply to --precision int4-wo, not {precision}")
         return None
     _refuse_tied_quantization(checkpoint, quantize_lm_head, quantize_embeddings)
     if precision == "int4-wo":
+        if alpha is not None:
+            raise UserError("--alpha applies to --precision int8 (SmoothQuant), not int4-wo")
         return prepare_int4(checkpoint, calibration_file, samples, quantize_lm_head, quantize_embeddings,
                             block_size, int4_method)
     if block_size is not None or int4_method is not None:

@@ -204,3 +204,41 @@ def test_awq_beats_rtn_on_heldout_perplexity():
         torch.set_num_threads(threads)
     assert ppl["awq"] / ppl["fp32"] - 1 <= 0.03
     assert ppl["awq"] < ppl["rtn"]
+
+
+def test_cli_export_records_method_block_and_calibration(tmp_path):
+    """`export --precision int4-wo` with AWQ (the default method) on the tiny model: the manifest says what was
+    done, and a calibration file's sha256 is the one of its bytes."""
+    import hashlib
+
+    from click.testing import CliRunner
+
+    from llama_export.cli import main
+
+    text = tmp_path / "calib.txt"
+    text.write_text("def f(x):\n    return x + 1\n" * 600)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["export", "--precision", "int4-wo", "--block-size", "64", "--calibration",
+                                       str(text), "--calibration-samples", "2", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    quant = json.loads((out / "manifest.json").read_text())["quantization"]
+    assert quant["method"] == "int4-wo" and quant["int4_method"] == "awq" and quant["block_size"] == 64
+    assert quant["awq"]["sha256"] == hashlib.sha256(text.read_bytes()).hexdigest()
+    assert quant["awq"]["samples"] == 2 and quant["lm_head"] == "float"
+    dqs = _weight_dqs(onnx.load(out / "model.onnx", load_external_data=False))
+    assert {a.i for n in dqs.values() for a in n.attribute if a.name == "block_size"} == {64}
+
+
+@pytest.mark.parametrize("options", [["--precision", "int8-wo", "--block-size", "64"],
+                                     ["--precision", "fp32", "--int4-method", "rtn"],
+                                     ["--precision", "int4-wo", "--alpha", "0.5"],
+                                     ["--precision", "int4-wo", "--opset", "20"],
+                                     ["--precision", "int4-wo", "--int4-method", "rtn", "--calibration", "x.txt"]])
+def test_int4_option_conflicts_exit_2(tmp_path, options):
+    from click.testing import CliRunner
+
+    from llama_export.cli import main
+
+    result = CliRunner().invoke(main, ["export", *options, "--out", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "out").exists()
