@@ -108,7 +108,7 @@ class KVSession:
         return outputs[io_spec.LOGITS]
 
 
-# ORT session config: MatMulNBits made from int8-weight DQ → MatMul computes in fp32 (the graph's semantics).
+# ORT session config: MatMulNBits made from int8- or int4-weight DQ → MatMul computes in fp32 (the graph's semantics).
 WEIGHT_ONLY_INT8 = {"session.qdq_matmulnbits_accuracy_level": "0"}
 
 # ONNX type strings as ORT reports them -> numpy dtypes. bfloat16 has no numpy dtype of its own; ml_dtypes
