@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -77,6 +78,28 @@ def sizes(as_json: bool):
     Console(width=max(Console().width, 120)).print(table)
 
 
+class FiniteFloat(click.FloatRange):
+    """A float option that also refuses nan and inf (a range check lets nan through: every comparison is False)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def _utf8_prompts(_ctx, _param, values):
+    """Arguments that were not valid UTF-8 reach Python as lone surrogates; refuse them naming the option."""
+    for value in values:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError("--prompt is not valid UTF-8 text; pass the prompt as UTF-8") from None
+    return values
+
+
 def _nonempty_path(_ctx, param, value):
     """`--out ""` (an unset shell variable) must not mean the current directory."""
     if value is not None and not value.strip():
@@ -118,7 +141,7 @@ def quantization_options(f):
                           "text).")(f)
     f = click.option("--calibration-samples", type=click.IntRange(min=1), default=None,
                      help="int8 / int4-wo AWQ: calibration windows (default 32, of min(512, context) tokens).")(f)
-    f = click.option("--alpha", type=float, default=None, help="int8: SmoothQuant migration strength [0.5].")(f)
+    f = click.option("--alpha", type=FiniteFloat(), default=None, help="int8: SmoothQuant migration strength [0.5].")(f)
     f = click.option("--quantize-lm-head", is_flag=True, help="int8/int4: also quantize the output projection.")(f)
     f = click.option("--quantize-embeddings", is_flag=True, help="int8/int4: also quantize the embedding table.")(f)
     return f
@@ -168,12 +191,14 @@ def export(size, checkpoint, random_init, seed, precision, opset, target, out, q
 @main.command()
 @click.argument("folder", required=False, type=click.Path(path_type=Path))
 @model_options
-@click.option("--prompt", "prompts", required=True, multiple=True,
+@click.option("--prompt", "prompts", required=True, multiple=True, callback=_utf8_prompts,
               help="Text to continue; repeat it to run several prompts as one batch (printed in order).")
 @click.option("--max-new-tokens", type=click.IntRange(min=0), default=64, show_default=True)
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--temperature", type=FiniteFloat(min=0), default=0.0, show_default=True,
               help="0 is greedy decoding.")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
+@click.option("--top-p", type=FiniteFloat(0, 1, min_open=True), default=1.0, show_default=True)
+@click.option("--truncate", is_flag=True,
+              help="Keep a prompt's last tokens when it and --max-new-tokens exceed the model's context.")
 @click.option("--sample-seed", type=int, default=0, show_default=True, help="Seed for sampling.")
 @click.option("--tokenizer", type=click.Path(path_type=Path),
               help="A tokenizer folder or file: tokenizer.json, or tokenizer.model (SentencePiece or Llama 3 "
@@ -182,15 +207,15 @@ def export(size, checkpoint, random_init, seed, precision, opset, target, out, q
               help="Each prompt is a user message: wrap it in the tokenizer's chat template (tokenizer_config.json).")
 @click.option("--backend", type=click.Choice(["torch", "ort"]), default=None,
               help="torch (default; the reference model) or ort (ONNX Runtime on an exported FOLDER).")
-def generate(folder, size, checkpoint, random_init, seed, prompts, max_new_tokens, temperature, top_p, sample_seed,
-             tokenizer, chat, backend):
+def generate(folder, size, checkpoint, random_init, seed, prompts, max_new_tokens, temperature, top_p, truncate,
+             sample_seed, tokenizer, chat, backend):
     """Continue a prompt, streaming tokens to stdout (several prompts: one batch, each printed when done); stops
     at the tokenizer's EOS and generation_config.json's eos_token_id. FOLDER: an exported output folder (runs with
     --backend ort)."""
     from .exporter.tokenization import load_tokenizer
     from .triton.streaming import TextStreamer
     from .validate.batching import Sequence, generate_batch
-    from .validate.generation import Sampling
+    from .validate.generation import Sampling, fit_prompt
 
     if folder is not None:
         runner, built, args, what = _folder_runner(folder, backend or "ort", size, checkpoint, random_init)
@@ -213,8 +238,9 @@ def generate(folder, size, checkpoint, random_init, seed, prompts, max_new_token
         raise UserError(f"tokenizer {tok.path} has {tok.vocab_size} tokens but the model only "
                         f"{args.vocab_size}; pass the model's own tokenizer")
     sampling = Sampling(temperature, top_p, sample_seed)
-    sequences = [Sequence(tok.prompt_ids(p, chat), max_new_tokens, sampling, tok.stop_ids, args.max_seq_len)
-                 for p in prompts]
+    prompt_ids = [fit_prompt(tok.prompt_ids(p, chat), max_new_tokens, args.max_seq_len, truncate,
+                             "the prompt" if len(prompts) == 1 else f"prompt {i + 1}") for i, p in enumerate(prompts)]
+    sequences = [Sequence(ids, max_new_tokens, sampling, tok.stop_ids, args.max_seq_len) for ids in prompt_ids]
     # Decode whole continuations (TextStreamer): SentencePiece and byte-level pieces only read right in context.
     streamers = {id(s): TextStreamer(tok.decode, s.prompt_ids) for s in sequences}
     streaming = len(prompts) == 1
@@ -250,7 +276,9 @@ def generate(folder, size, checkpoint, random_init, seed, prompts, max_new_token
               help="Most sequences decoding together (more wait in the queue).")
 @click.option("--max-tokens-in-flight", type=click.IntRange(min=1), default=None,
               help="Most KV tokens (prompt + max_new_tokens) reserved over the batch [max-batch x context].")
-def triton(folder, repo, name, instances, batching, max_batch, max_tokens_in_flight):
+@click.option("--force", is_flag=True, help="Replace model folders of the same names that llama-export did not write.")
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of FOLDER's files (sizes are always checked).")
+def triton(folder, repo, name, instances, batching, max_batch, max_tokens_in_flight, force, no_verify):
     """Write a Triton model repository for an exported/built FOLDER (ONNX Runtime, TensorRT plan, streaming front end)."""
     try:
         from .triton.repository import write_repository
@@ -258,7 +286,8 @@ def triton(folder, repo, name, instances, batching, max_batch, max_tokens_in_fli
         raise UserError(f"llama-export triton needs {exc.name}: pip install 'llama-export[triton]'") from None
 
     written = write_repository(folder, repo or Path(folder) / "triton", name=name, instances=instances,
-                               batching=batching, max_batch=max_batch, max_tokens=max_tokens_in_flight)
+                               batching=batching, max_batch=max_batch, max_tokens=max_tokens_in_flight, force=force,
+                               verify=not no_verify)
     click.echo(f"wrote {written.path}: {', '.join(written.models.values())}", err=True)
 
 
@@ -277,7 +306,8 @@ def triton(folder, repo, name, instances, batching, max_batch, max_tokens_in_fli
                    "does not fit in memory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress messages.")
-def validate(folder, steps, prompt_tokens, bisect, checkpoint, layer_major, as_json, quiet):
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of FOLDER's files (sizes are always checked).")
+def validate(folder, steps, prompt_tokens, bisect, checkpoint, layer_major, as_json, quiet, no_verify):
     """Compare an exported FOLDER with the Torch reference over prefill + decode; exit 1 if the gate fails.
 
     Writes FOLDER/report/report.json and report.html."""
@@ -285,7 +315,8 @@ def validate(folder, steps, prompt_tokens, bisect, checkpoint, layer_major, as_j
 
     progress = None if quiet else (lambda stage: click.echo(f"validate: {stage}", err=True))
     report = validate_build(folder, steps=steps, prompt_tokens=prompt_tokens, bisect=bisect,
-                            checkpoint=checkpoint, progress=progress, layer_major=layer_major)
+                            checkpoint=checkpoint, progress=progress, layer_major=layer_major,
+                            verify=not no_verify)
     summary = report.summary()
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -382,13 +413,22 @@ def build(size, checkpoint, random_init, seed, precision, opset, target, out, qu
 @main.command("engine-info")
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the engine manifest as JSON.")
-def engine_info(folder, as_json):
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of FOLDER's files (sizes are always checked).")
+def engine_info(folder, as_json, no_verify):
     """Show what FOLDER's engine was built with: builder and version, targets, profiles, plan sha256."""
     from .build import engine_info as read_engine_info
     from .build import format_engine_info
 
-    info = read_engine_info(folder)
-    click.echo(json.dumps(info, indent=2) if as_json else format_engine_info(info))
+    info = read_engine_info(folder, verify=not no_verify)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    try:
+        text = format_engine_info(info)
+    except (KeyError, TypeError, IndexError, AttributeError, StopIteration) as exc:
+        raise UserError(f"{info['folder']}/manifest.json has a damaged engine section ({type(exc).__name__}: "
+                        f"{exc}); rebuild {info['folder']}") from None
+    click.echo(text)
 
 
 def run() -> None:

@@ -38,6 +38,16 @@ class ModelArgs:
     tie_embeddings: bool = False
 
     def __post_init__(self) -> None:
+        for field_name in ("dim", "n_layers", "n_heads", "vocab_size", "multiple_of", "max_seq_len"):
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{field_name} must be a positive integer, not {value!r}")
+        if self.n_kv_heads is not None and (not isinstance(self.n_kv_heads, int) or self.n_kv_heads < 1):
+            raise ValueError(f"n_kv_heads must be a positive integer, not {self.n_kv_heads!r}")
+        if not (math.isfinite(self.norm_eps) and self.norm_eps > 0 and math.isfinite(self.rope_theta)
+                and self.rope_theta > 0):
+            raise ValueError(f"norm_eps and rope_theta must be positive numbers, not {self.norm_eps!r} and "
+                             f"{self.rope_theta!r}")
         kv = self.kv_heads
         if self.dim % self.n_heads:
             raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")

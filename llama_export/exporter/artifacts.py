@@ -42,26 +42,26 @@ def notice(message: str) -> None:
     print(f"note: {' '.join(message.split())}", file=sys.stderr, flush=True)
 
 
-def is_own_output(folder: Path) -> bool:
-    """True when `folder` is a llama-export output (its manifest.json says so) or an empty folder."""
+def is_own_output(folder: Path, marker: str = MANIFEST) -> bool:
+    """True when `folder` is a llama-export output (its `marker` JSON file names the tool) or an empty folder."""
     folder = Path(folder)
     try:
         if not any(folder.iterdir()):
             return True
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads((folder / marker).read_text(encoding="utf-8"))
         return manifest["tool"]["name"] == TOOL_NAME
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
 def check_replaceable(out_dir: str | Path, *, force: bool = False, protect: Iterable[str | Path | None] = (),
-                      option: str = "--out") -> Path:
+                      option: str = "--out", marker: str = MANIFEST) -> Path:
     """Refuse, before any work, an output folder whose replacement would delete what this tool did not write.
 
     Never (even with --force): the current directory or a folder holding it, the home folder, a protected path
     (the checkpoint, the source export) or a folder holding one, a mount point (the finished folder is renamed
     into place, which a mount point cannot be). Without --force: an existing folder that is not empty and not a
-    llama-export output. Returns the absolute path."""
+    llama-export output (`marker`: the JSON file naming the tool). Returns the absolute path."""
     if str(out_dir).strip() == "":
         raise UserError(f"{option} is empty (an unset shell variable?); name the folder to write")
     out = Path(out_dir).absolute()
@@ -83,8 +83,8 @@ def check_replaceable(out_dir: str | Path, *, force: bool = False, protect: Iter
     if out.is_dir() and os.path.ismount(out):
         raise UserError(f"{option} {out} is a mount point, which cannot be replaced by a rename; "
                         f"write into a folder inside it ({out}/NAME)")
-    if out.is_dir() and not force and not is_own_output(out):
-        raise UserError(f"{option} {out} exists and is not a llama-export output (no manifest.json written by "
+    if out.is_dir() and not force and not is_own_output(out, marker):
+        raise UserError(f"{option} {out} exists and is not a llama-export output (no {marker} written by "
                         "llama-export); choose a new folder, or pass --force to replace it")
     return out
 
@@ -135,13 +135,13 @@ def _sibling(target: Path, kind: str) -> Path:
 
 @contextlib.contextmanager
 def staged_output(out_dir: str | Path, *, force: bool = False, protect: Iterable[str | Path | None] = (),
-                  option: str = "--out") -> Iterator[Path]:
+                  option: str = "--out", marker: str = MANIFEST) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces `out_dir`, on any exception (KeyboardInterrupt
     and SIGTERM included) it is removed and `out_dir` is left as it was.
 
     Before anything is written: `check_replaceable` (what may be replaced; `force`, `protect`) and
     `clean_stale_siblings` (leftovers of a killed run)."""
-    out_dir = check_replaceable(out_dir, force=force, protect=protect, option=option)
+    out_dir = check_replaceable(out_dir, force=force, protect=protect, option=option, marker=marker)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_siblings(out_dir, option)
     staging = _sibling(out_dir, "tmp")
@@ -282,8 +282,10 @@ class Artifacts:
         return load_tokenizer(self.folder, recorded.get("kind"))
 
 
-def load_manifest(folder: str | Path) -> Artifacts:
-    """Read DIR/manifest.json; a missing or foreign folder is a UserError saying what to do."""
+def load_manifest(folder: str | Path, verify_hashes: bool = False) -> Artifacts:
+    """Read DIR/manifest.json and check DIR against it before anything uses it: every listed file is present
+    with its recorded size, and with its sha256 when `verify_hashes` (verify_files); the graph's real precision
+    and fusion target are the manifest's (check_graph). A missing, foreign or damaged folder is a UserError."""
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
@@ -292,14 +294,61 @@ def load_manifest(folder: str | Path) -> Artifacts:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         args = ModelArgs.from_dict(manifest["args"])
-        model_path = folder / manifest["model"]
+        model_path = _inside(folder, manifest["model"])
         precision = manifest["precision"]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path} is damaged ({type(exc).__name__}: {exc}); rebuild {folder}") from None
     if not model_path.is_file():
         raise UserError(f"{model_path} is missing; rebuild {folder}")
-    return Artifacts(folder, manifest, args, precision, model_path)
+    verify_files(folder, manifest, verify_hashes)
+    built = Artifacts(folder, manifest, args, precision, model_path)
+    from .graph_check import check_graph
+
+    check_graph(built)
+    return built
 
 
-__all__ = ["MANIFEST", "Artifacts", "file_entries", "library_versions", "load_manifest",
-           "remember_sha256", "sha256_of", "staged_output", "tool_info", "write_manifest"]
+def _inside(folder: Path, relative: str) -> Path:
+    """`folder / relative`, refusing a manifest entry that points outside the folder."""
+    if not isinstance(relative, str) or Path(relative).is_absolute() or ".." in Path(relative).parts:
+        raise ValueError(f"{relative!r} is not a path inside the folder")
+    return folder / relative
+
+
+def verify_files(folder: str | Path, manifest: dict, hashes: bool = False) -> None:
+    """Every file manifest.json lists must exist with its recorded size (always: a stat per file) and sha256
+    (when `hashes`: reads every byte, ~1-2 GB/s). A mismatch is a UserError naming the file."""
+    folder = Path(folder)
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise UserError(f"{folder / MANIFEST} lists no files (damaged or hand-edited); rebuild {folder}")
+    redo = f"the file is damaged or was changed after the build; rebuild {folder}"
+    for relative, entry in sorted(files.items()):
+        try:
+            path = _inside(folder, relative)
+            size, digest = int(entry["size"]), str(entry["sha256"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{folder / MANIFEST} has a damaged entry for {relative!r} ({exc}); rebuild "
+                            f"{folder}") from None
+        if not path.is_file():
+            raise UserError(f"{path} is missing (manifest.json lists it); rebuild {folder}")
+        if path.stat().st_size != size:
+            raise UserError(f"{path} has {path.stat().st_size} bytes but manifest.json records {size}; {redo}")
+        if hashes and sha256_of(path) != digest:
+            raise UserError(f"{path} does not match its sha256 in manifest.json; {redo} (--no-verify skips "
+                            "this check)")
+
+
+def check_writable(folder: str | Path, why: str) -> None:
+    """Fail before the work (not after it) when `folder` cannot take the files the command will write."""
+    folder = Path(folder)
+    try:
+        probe = Path(tempfile.mkdtemp(prefix=".write-probe-", dir=folder))
+        probe.rmdir()
+    except OSError as exc:
+        raise UserError(f"{folder} is not writable ({exc.strerror}); {why}") from None
+
+
+__all__ = ["MANIFEST", "TOOL_NAME", "Artifacts", "check_replaceable", "check_writable",
+           "clean_stale_siblings", "file_entries", "is_own_output", "library_versions", "load_manifest",
+           "notice", "remember_sha256", "sha256_of", "staged_output", "tool_info", "verify_files", "write_manifest"]

@@ -159,7 +159,7 @@ def args_from(make: Callable[[], ModelArgs], path: Path) -> ModelArgs:
     """Build ModelArgs, turning bad or inconsistent values into a UserError naming the config file."""
     try:
         return make()
-    except (TypeError, ValueError, KeyError) as exc:
+    except (TypeError, ValueError, KeyError, ArithmeticError) as exc:  # ArithmeticError: e.g. 0 heads
         detail = f"lacks the key {exc.args[0]!r}" if isinstance(exc, KeyError) else f"is inconsistent: {exc}"
         raise UserError(f"{path} {detail}; fix it or use the file that came with these weights") from None
 

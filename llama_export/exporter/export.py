@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import onnx
 import onnx_ir as ir
 import torch
 
@@ -79,6 +80,10 @@ def check_export_options(precision: str, opset: int, target: str = "none",
     if opset < MIN_OPSET:
         raise UserError(f"--opset {opset} is too old: the export needs opset {MIN_OPSET} or newer "
                         f"(default {DEFAULT_OPSET})")
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise UserError(f"--opset {opset} is newer than this onnx package knows (up to {newest}); use "
+                        f"{MIN_OPSET}..{newest} (default {DEFAULT_OPSET})")
     name = float_dtype_name(precision, float_dtype)
     if precision == "int8" and name == "bf16":  # static activation scales are stored in the float dtype
         raise UserError("--precision int8 (W8A8) supports --float-dtype fp32 or fp16, not bf16; use int8-wo for bf16")

@@ -122,6 +122,11 @@ def load_shard(path: Path) -> dict[str, torch.Tensor]:
             raise UserError(f"{path} holds objects other than tensors ({found.group(1)}), which are not loaded "
                             "for safety (weights_only); re-save only the weights: "
                             "torch.save(model.state_dict(), path)") from None
+        if "Weights only load failed" in str(exc):  # refused for safety, not damaged
+            first = str(exc).split("Weights only load failed")[-1].strip(" .:\n").splitlines()[0][:160]
+            raise UserError(f"{path} was refused by torch.load(weights_only=True), which never runs code from a "
+                            f"checkpoint ({first}); re-save only the tensors: torch.save(model.state_dict(), path)"
+                            ) from None
         raise UserError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated); re-download it") from None
     except (RuntimeError, OSError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError,
             pickle.PickleError) as exc:  # zip, EOF and pickle-stream errors all mean a damaged file
@@ -159,6 +164,7 @@ class MetaCheckpoint(Checkpoint):
         self._check_shards_agree()
         self._embedding_dim = self._embedding_split(params)
         shapes = {name: self._merged_shape(name) for name in self._shards[0]}
+        self._check_no_trailing_shard_missing(params, shapes)
         vocab = shapes.get("tok_embeddings.weight", (None,))[0]
         tied = "output.weight" not in shapes and "tok_embeddings.weight" in shapes
         self.args = args_from(lambda: args_from_params(params, vocab, tied), self.params_path)
@@ -166,6 +172,18 @@ class MetaCheckpoint(Checkpoint):
         check_tensors(self.args, shapes, source=source, config=str(self.params_path))
         n = len(self.paths)
         self.description = f"{self.folder} (Meta, {n} shard{'s' if n > 1 else ''})"
+
+    def _check_no_trailing_shard_missing(self, params: dict, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Shards are numbered 00..NN with nothing saying how many there are: when the last ones are missing
+        the rest look complete, and only the row-split q projection is narrower than params.json's dim by the
+        missing factor. Say so, rather than blaming params.json."""
+        rows = shapes.get("layers.0.attention.wq.weight", (0,))[0]
+        dim = params.get("dim")
+        if isinstance(dim, int) and rows and dim > rows and dim % rows == 0:
+            n = len(self.paths)
+            raise UserError(f"{self.folder} holds {n} consolidated.NN.pth shard(s) but params.json's dim={dim} "
+                            f"needs {n * dim // rows} (the q projection has {rows} of {dim} rows): shard(s) from "
+                            f"consolidated.{n:02d}.pth on are missing (or params.json is for a bigger model); copy every shard")
 
     def __reduce__(self):
         # Pickled (for the stream's process) as its folder: pickling the mmapped shards would copy every weight.

@@ -17,6 +17,26 @@ class Sampling:
     seed: int = 0
 
 
+def fit_prompt(ids: list[int], max_new_tokens: int, max_seq_len: int, truncate: bool, what: str = "the prompt",
+               keep_first: bool = True) -> list[int]:
+    """`ids` when it and `max_new_tokens` fit the model's context; with `truncate`, its last tokens that fit
+    (the first, BOS, kept when `keep_first`); otherwise a UserError naming the numbers."""
+    from ..errors import UserError
+
+    if max_new_tokens >= max_seq_len:
+        raise UserError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the model's context of "
+                        f"{max_seq_len} tokens; lower it")
+    room = max_seq_len - max_new_tokens
+    if len(ids) <= room:
+        return ids
+    if not truncate:
+        raise UserError(f"{what} is {len(ids)} tokens; with --max-new-tokens {max_new_tokens} that exceeds the "
+                        f"model's context of {max_seq_len} tokens; shorten it, lower --max-new-tokens, or pass "
+                        "--truncate to keep its last tokens")
+    head = ids[:1] if keep_first and room > 1 else []
+    return head + ids[len(ids) - (room - len(head)):]
+
+
 def choose_token(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
     """logits [vocab] → token id."""
     if sampling.temperature <= 0:

@@ -124,13 +124,15 @@ def plan_validation(artifacts, layer_major: str = "auto") -> dict:
 
 def validate_build(folder: str | Path, steps: int = DEFAULT_STEPS, prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
                    bisect: str = "auto", checkpoint: str | Path | None = None, write: bool = True,
-                   progress: Callable[[str], None] | None = None, layer_major: str = "auto") -> Report:
+                   progress: Callable[[str], None] | None = None, layer_major: str = "auto",
+                   verify: bool = True) -> Report:
     """Validate an exported folder; writes DIR/report/ (report.json, report.html, plots) when `write`.
 
     layer_major: "never" runs the whole model per side (greedy reference, free-running generation), "always"
     the layer-major pass (streamed.py: one block in memory at a time), "auto" the whole model when the memory
-    plan (memory.py) says it fits, else layer-major."""
-    from ..exporter.artifacts import library_versions, load_manifest, tool_info
+    plan (memory.py) says it fits, else layer-major. `verify`: check every file's sha256 against the manifest
+    first (sizes are always checked)."""
+    from ..exporter.artifacts import check_writable, library_versions, load_manifest, tool_info
     from . import streamed
 
     if bisect not in BISECT_MODES:
@@ -140,8 +142,14 @@ def validate_build(folder: str | Path, steps: int = DEFAULT_STEPS, prompt_tokens
     if steps < 0 or prompt_tokens < 2:
         raise UserError("--steps must be ≥ 0 and the prompt at least 2 tokens")
     say = progress or (lambda _message: None)
-    artifacts = load_manifest(folder)
+    artifacts = load_manifest(folder, verify_hashes=verify)
     precision, args = artifacts.precision, artifacts.args
+    if prompt_tokens + steps > args.max_seq_len:
+        raise UserError(f"--prompt-tokens {prompt_tokens} + --steps {steps} = {prompt_tokens + steps} tokens exceed "
+                        f"the model's context of {args.max_seq_len} (max_seq_len); lower them")
+    if write:
+        check_writable(artifacts.folder, f"validate writes {artifacts.folder}/report: copy the folder somewhere "
+                                         "writable first")
     gate.tolerance_for(precision)  # an unknown precision fails before any work
     ckpt = reference_checkpoint(artifacts, checkpoint)
     plan = plan_validation(artifacts, layer_major)

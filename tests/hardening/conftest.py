@@ -10,12 +10,15 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory) -> Path:
-    """One export of the built-in tiny model (fp32) that tests copy before they tamper with it."""
+    """One fp32 export that tests copy before they tamper with it: a one-layer random model with the tiny
+    model's vocabulary, so it gets the tiny tokenizer (generate and validate need one) and exports in seconds."""
+    from llama_export.config import ModelArgs
     from llama_export.exporter.export import export_to_folder
-    from llama_export.exporter.sources import resolve_checkpoint
+    from llama_export.exporter.random_init import RandomCheckpoint
 
-    out = tmp_path_factory.mktemp("hardening") / "tiny-fp32"
-    return export_to_folder(resolve_checkpoint(), out, quiet=True)
+    args = ModelArgs(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=2048, multiple_of=32, max_seq_len=256)
+    out = tmp_path_factory.mktemp("hardening") / "small-fp32"
+    return export_to_folder(RandomCheckpoint(args, 0), out, quiet=True)
 
 
 @pytest.fixture

@@ -19,12 +19,40 @@ class Outcome:
     stderr: str
 
 
-def run_cli(*argv: str, cwd: Path | None = None, timeout: float = 300) -> Outcome:
-    """The real program in a subprocess (tracebacks, exit codes and signals are the process's)."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    done = subprocess.run([*CLI, *map(str, argv)], check=False, capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout, env=env)
-    return Outcome(done.returncode, done.stdout, done.stderr)
+ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+
+
+def argv_of(*argv) -> list:
+    return [*CLI, *(a if isinstance(a, bytes) else str(a) for a in argv)]
+
+
+def run_program(*argv, cwd: Path | None = None, timeout: float = 300) -> Outcome:
+    """The real program in a subprocess (for signals, and what only a fresh process shows). `bytes` arguments
+    pass through undecoded."""
+    done = subprocess.run(argv_of(*argv), check=False, capture_output=True, cwd=cwd, timeout=timeout, env=ENV)
+    return Outcome(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
+
+
+def run_cli(*argv, cwd: Path | None = None) -> Outcome:
+    """The CLI in this process (no ~10 s torch import per call). An exception escaping the CLI's error handling
+    is what a user would see as a traceback: it is reported as one in stderr."""
+    from click.testing import CliRunner
+
+    from llama_export.cli import main
+
+    args = [a.decode("utf-8", "surrogateescape") if isinstance(a, bytes) else str(a) for a in argv]
+    previous = Path.cwd()
+    os.chdir(cwd or previous)
+    try:
+        result = CliRunner().invoke(main, args, prog_name="llama-export")
+    finally:
+        os.chdir(previous)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        import traceback
+
+        stderr += "Traceback (escaped the CLI):\n" + "".join(traceback.format_exception(result.exception))
+    return Outcome(result.exit_code, result.stdout, stderr)
 
 
 def assert_one_line_error(outcome: Outcome, *fragments: str, code: int = 2) -> str:

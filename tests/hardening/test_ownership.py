@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from hardening_helpers import assert_one_line_error, dead_pid, leftovers, run_cli, snapshot
+from hardening_helpers import assert_one_line_error, dead_pid, leftovers, run_cli, run_program, snapshot
 
 from llama_export.errors import UserError
 from llama_export.exporter import artifacts
@@ -117,7 +117,7 @@ def test_a_mount_point_is_refused_before_any_work(tmp_path):
                       capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (not root, or no mount permission)")
     try:
-        outcome = run_cli("export", "--out", mount, "--quiet")
+        outcome = run_program("export", "--out", mount, "--quiet")
         assert_one_line_error(outcome, str(mount), "mount point", f"{mount}/NAME")
         assert os.listdir(mount) == [] and leftovers(tmp_path) == []
     finally:
