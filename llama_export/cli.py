@@ -21,19 +21,28 @@ class Group(click.Group):
                 return super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
         except UserError as exc:
             _fail(str(exc))
-        except Terminated:
+        except _Terminated:
             _fail("terminated (SIGTERM); nothing was left half-written", code=143)
         except OSError as exc:  # a full disk, a read-only or busy mount, a permission: the system's word, one line
             _fail(describe_os_error(exc))
         except click.UsageError as exc:
             hint = f" (see llama-export {exc.ctx.info_name} --help)" if exc.ctx and exc.ctx.parent else ""
             _fail(f"{exc.format_message()}{hint}")
-        except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt (and so Terminated) into Abort
-            if isinstance(exc.__cause__, Terminated):
-                _fail("terminated (SIGTERM); nothing was left half-written", code=143)
+        except click.exceptions.Abort:
             _fail("aborted", code=130)
         except KeyboardInterrupt:
             _fail("interrupted", code=130)
+
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Terminated:  # every cleanup below has run; click would print a blank line and raise Abort
+            raise _Terminated from None
+
+
+class _Terminated(Exception):
+    """SIGTERM, past the command's cleanups, on its way to exit code 143."""
 
 
 def _fail(message: str, code: int = 2):

@@ -142,11 +142,14 @@ def _chunks(pads: list[int], outputs: list[tuple[str, torch.Tensor]]) -> list:
     return chunks
 
 
+_SHORT_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}  # as --precision says
+
+
 def _write_all(f, chunks: list, name: str, progress: Callable[[str], None] | None,
                check: list[tuple[str, torch.Tensor]] | tuple = ()) -> None:
     for out_name, tensor in check:
         if isinstance(tensor, torch.Tensor):  # not PackedInt4: integers (a NaN weight shows in its block's scale)
-            check_finite(out_name, tensor, str(tensor.dtype).removeprefix("torch."))
+            check_finite(out_name, tensor, _SHORT_NAMES.get(tensor.dtype, str(tensor.dtype)))
     for chunk in chunks:
         f.write(chunk)
     if progress is not None:
