@@ -122,3 +122,30 @@ def test_a_mount_point_is_refused_before_any_work(tmp_path):
         assert os.listdir(mount) == [] and leftovers(tmp_path) == []
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_triton_adds_its_models_beside_others_and_refuses_what_it_did_not_write(export_copy, tmp_path):
+    pytest.importorskip("tritonclient")
+    repo = tmp_path / "repo"
+    (repo / "other_model" / "1").mkdir(parents=True)
+    (repo / "other_model" / "config.pbtxt").write_text('name: "other_model"')
+    (repo / "README.md").write_text("my notes")
+    others = snapshot(repo)
+    written = run_cli("triton", export_copy, "--repo", repo, "--name", "m1")
+    assert written.code == 0, written.stderr
+    after = snapshot(repo)
+    assert {k: after[k] for k in others} == others, "other models and a foreign README stay byte-identical"
+    assert {"m1_onnx", "m1_generate", "m1_complete"} <= {p.name for p in repo.iterdir()}
+    assert run_cli("triton", export_copy, "--repo", repo, "--name", "m1").code == 0  # its own folders: replaced
+
+    (repo / "m2_onnx").mkdir()
+    (repo / "m2_onnx" / "config.pbtxt").write_text('name: "m2_onnx"')
+    before = snapshot(tmp_path)
+    assert_one_line_error(run_cli("triton", export_copy, "--repo", repo, "--name", "m2"), str(repo / "m2_onnx"),
+                          "not a llama-export output", "--force")
+    for name in ("../victim", "a/b", "has space", ".hidden"):
+        assert_one_line_error(run_cli("triton", export_copy, "--repo", repo, "--name", name), "--name",
+                              "not a valid Triton model name")
+    assert_one_line_error(run_cli("triton", export_copy, "--repo", export_copy), "is the exported folder")
+    assert_one_line_error(run_cli("triton", export_copy, "--repo", tmp_path), "holds it")
+    assert snapshot(tmp_path) == before and leftovers(repo) == []
