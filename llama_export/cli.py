@@ -33,7 +33,6 @@ class Group(click.Group):
         except KeyboardInterrupt:
             _fail("interrupted", code=130)
 
-
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
