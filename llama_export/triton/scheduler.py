@@ -125,7 +125,12 @@ class InFlightScheduler:
                     self._wake.wait()
                 if self._stopping:
                     return
-            self._iterate()
+            try:
+                self._iterate()
+            except Exception as exc:  # noqa: BLE001 - a bug here must fail the batch, not leave clients hanging
+                for job in list(self.jobs.values()):
+                    _safe(job.fail, f"{type(exc).__name__}: {exc}")
+                    self._leave(job)
 
     def _iterate(self) -> None:
         """Drop cancelled jobs, admit queued ones that fit, then one decode step for the batch."""
@@ -150,7 +155,7 @@ class InFlightScheduler:
             self.metrics.running(0)
             return
         for update in updates:
-            self._deliver(self.jobs[id(update.sequence)], update)
+            self._deliver_or_fail(self.jobs[id(update.sequence)], update)
         self.metrics.generated(sum(update.token is not None for update in updates))
         self.metrics.running(self.batch.batch_size)  # rows that finished in this step are gone
 
@@ -169,7 +174,7 @@ class InFlightScheduler:
             return
         if not job.sequence.finished:
             self.jobs[id(job.sequence)] = job
-        self._deliver(job, update)
+        self._deliver_or_fail(job, update)
 
     def _cancel(self, job: Job) -> None:
         """The client went away: end its request (Triton still wants a final response) and free its row."""
@@ -179,6 +184,13 @@ class InFlightScheduler:
     def _leave(self, job: Job) -> None:
         self.batch.cancel(job.sequence)
         self.jobs.pop(id(job.sequence), None)
+
+    def _deliver_or_fail(self, job: Job, update: Update) -> None:
+        try:
+            self._deliver(job, update)
+        except Exception as exc:  # noqa: BLE001 - e.g. a token the tokenizer cannot decode: this job fails alone
+            self._leave(job)
+            _safe(job.fail, f"{type(exc).__name__}: {exc}")
 
     def _deliver(self, job: Job, update: Update) -> None:
         """Stream the new text (or hold it for the final response); finish the job when its sequence ended."""

@@ -143,3 +143,26 @@ def test_cancelled_and_vanished_clients_leave_while_others_finish(setup):
     assert cancelling.sequence.finish_reason == "cancelled"
     assert len(vanishing.ids) == 2 and vanishing.sequence.finished
     assert scheduler.batch.rows == [] and scheduler.jobs == {}
+
+
+def test_a_job_whose_text_cannot_be_decoded_fails_alone(setup):
+    runner, tokenizer, max_seq = setup
+    steady = Client(_sequence(tokenizer, max_seq, 0, 12), tokenizer)
+    broken = Client(_sequence(tokenizer, max_seq, 1, 12), tokenizer)
+    prompt_len = len(broken.sequence.prompt_ids)
+
+    def decode(ids):
+        if len(ids) > prompt_len + 3:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "stand-in for a broken tokenizer")
+        return tokenizer.decode(ids)
+
+    broken.job.streamer = TextStreamer(decode, broken.sequence.prompt_ids)
+    scheduler = InFlightScheduler(runner, max_batch=4, max_tokens=10_000)
+    for client in (steady, broken):
+        scheduler.submit(client.job)
+    try:
+        assert steady.done.wait(60) and broken.done.wait(60)
+    finally:
+        scheduler.shutdown()
+    assert "UnicodeDecodeError" in broken.error and len(broken.ids) == 3
+    assert steady.error is None and steady.ids == _reference(runner, steady.sequence)
