@@ -33,9 +33,12 @@ def graph_facts(model_path: Path) -> dict:
     graph = model.graph
     past = next((i for i in graph.input if i.name == past_key(0)), None)
     float_dtype = _FLOAT_TYPES.get(past.type.tensor_type.elem_type) if past is not None else None
-    int8_weights = any(t.data_type == onnx.TensorProto.INT8 for t in graph.initializer)
+    weight_types = {t.data_type for t in graph.initializer}
+    int4_weights = bool(weight_types & {onnx.TensorProto.INT4, onnx.TensorProto.UINT4})
+    int8_weights = onnx.TensorProto.INT8 in weight_types
     int8_activations = any(n.op_type == "QuantizeLinear" for n in graph.node)
-    precision = "int8" if int8_activations else "int8-wo" if int8_weights else float_dtype
+    precision = ("int8" if int8_activations else "int4-wo" if int4_weights else "int8-wo" if int8_weights
+                 else float_dtype)
     ops = {(n.domain, n.op_type) for n in graph.node}
     target = next((name for name, holds in _TARGET_OPS if any(holds(d, o) for d, o in ops)), "none")
     return {"precision": precision, "float_dtype": float_dtype, "target": target}

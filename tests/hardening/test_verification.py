@@ -74,3 +74,23 @@ def test_a_manifest_entry_outside_the_folder_is_refused(export_copy):
     (export_copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="damaged entry for '../escape'"):
         artifacts.load_manifest(export_copy)
+
+
+@pytest.mark.parametrize("weight_type, activations, expected", [
+    ("FLOAT16", False, "fp16"), ("INT8", False, "int8-wo"), ("INT4", False, "int4-wo"), ("INT8", True, "int8")])
+def test_graph_facts_read_the_precision_from_the_graph(tmp_path, weight_type, activations, expected):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from llama_export.exporter.graph_check import graph_facts
+    from llama_export.io_spec import past_key
+
+    weight = helper.make_tensor("w", getattr(TensorProto, weight_type), [2], [1, 1])
+    nodes = [helper.make_node("RMSNormalization", ["x", "w"], ["y"])]
+    if activations:
+        nodes.append(helper.make_node("QuantizeLinear", ["y", "s"], ["q"]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(past_key(0), TensorProto.FLOAT16, [1])],
+                              [], initializer=[weight])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert graph_facts(path) == {"precision": expected, "float_dtype": "fp16", "target": "onnx"}
