@@ -3,7 +3,7 @@ target, against Torch eager on the same (random-init) weights. fp32, `small` siz
 
     python benchmarks/cpu_decode.py [--size small] [--repeats 7] [--decode-steps 64] [--markdown]
 
-Each target is exported into its own folder (llama_export.exporter.export.export_onnx(..., target=...)), run
+Each target is exported into its own folder (llama_export.exporter.export.export_onnx(..., ExportOptions(target=...))), run
 with ORT's default graph optimisations (what a deployment gets), same thread count as Torch. All runners are
 loaded first and the rounds alternate over them. Numbers are medians over `--repeats` rounds; ratios are
 against the `none` graph and against Torch.
@@ -23,6 +23,7 @@ import torch
 from llama_export.config import get_size
 from llama_export.exporter.checkpoints import RandomCheckpoint, load_model
 from llama_export.exporter.export import export_onnx
+from llama_export.exporter.options import ExportOptions
 from llama_export.validate.runners import KVSession, OrtRunner, TorchRunner
 
 TARGETS = ("none", "onnx", "ort", "plugin")
@@ -60,7 +61,7 @@ def main() -> None:
         for target in TARGETS:
             folder = Path(tmp) / target
             folder.mkdir()
-            result = export_onnx(checkpoint, folder, "fp32", 23, target=target)
+            result = export_onnx(checkpoint, folder, ExportOptions("fp32", 23, target))
             counts[target] = {k: v for k, v in result.fusion_counts.items() if "cleanup" not in k}
             runners[target] = OrtRunner(result.model_path, args, intra_op_threads=opts.threads)
         # Rounds alternate over the runners (one warm-up round first), so drift on a shared machine hits all.

@@ -25,6 +25,7 @@ import torch
 from llama_export.assets.corpus import corpus
 from llama_export.exporter.checkpoints import load_model
 from llama_export.exporter.export import export_to_folder
+from llama_export.exporter.options import ExportOptions
 from llama_export.exporter.sources import TINY_ASSET, resolve_checkpoint
 from llama_export.exporter.tokenization import load_tokenizer
 from llama_export.validate.heldout import (
@@ -75,8 +76,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for label, precision, float_dtype in VARIANTS:
             start = time.perf_counter()
-            folder = export_to_folder(ckpt, Path(tmp) / label.replace(" ", ""), precision, quiet=True,
-                                      target=opts.target, float_dtype=float_dtype)
+            folder = export_to_folder(ckpt, Path(tmp) / label.replace(" ", ""), ExportOptions(
+                precision, target=opts.target, float_dtype=float_dtype), quiet=True)
             seconds = time.perf_counter() - start
             size = (folder / "model.onnx.data").stat().st_size / 2**20
             runner = OrtRunner(folder / "model.onnx", ckpt.args)

@@ -20,35 +20,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import memory
-from .engine.builder import INSTALL_HINT, build_engine, find_builder
+from .engine.builder import INSTALL_HINT, Builder, build_engine, find_builder
 from .engine.profiles import ProfileLimits
 from .errors import UserError
 from .exporter import artifacts
 from .exporter.checkpoints import Checkpoint
-from .exporter.export import (
-    DEFAULT_OPSET,
-    QUANTIZED_PRECISIONS,
-    check_export_options,
-    copy_tokenizer,
-    export_onnx,
-    find_tokenizer_for,
-    manifest_content,
-    prepare_quantization,
-)
+from .exporter.export import copy_tokenizer, export_onnx, find_tokenizer_for, manifest_content, progress_bar
+from .exporter.options import ExportOptions
 
 ENGINE_MODES = ("auto", "require", "skip")
 ENGINE_FILE = "engine.plan"
 TRITON_INSTALL_HINT = "pip install 'llama-export[triton]'"
 
 
-@dataclass
+@dataclass(frozen=True)
 class BuildOptions:
-    precision: str = "fp32"
-    target: str = "none"
-    float_dtype: str | None = None  # int8 precisions: the float dtype (default fp32)
-    quantization: object | None = None  # graphs.quantize.QuantOptions (export.prepare_quantization)
-    opset: int = DEFAULT_OPSET
-    engine: str = "auto"
+    export: ExportOptions = field(default_factory=ExportOptions)
+    engine: str = "auto"  # ENGINE_MODES
     builder: str = "auto"
     limits: ProfileLimits | None = None  # None: derived from the model (default_limits)
     timing_cache: Path | None = None
@@ -56,6 +44,10 @@ class BuildOptions:
     validate_steps: int = 32
     triton: bool | None = None  # None: write the repository when tritonclient is installed
     layer_major: str = "auto"  # validation: one block in memory at a time (auto: when the whole model does not fit)
+
+    def __post_init__(self):
+        if self.engine not in ENGINE_MODES:
+            raise UserError(f"--engine must be one of {', '.join(ENGINE_MODES)}, not {self.engine!r}")
 
 
 @dataclass
@@ -80,11 +72,9 @@ def _triton_available() -> bool:
     return importlib.util.find_spec("tritonclient") is not None
 
 
-def check_build_options(checkpoint: Checkpoint, options: BuildOptions) -> tuple[str, object] | None:
-    """Everything that can be refused is refused here, before anything is written. Returns the builder or None."""
-    check_export_options(options.precision, options.opset, options.target, options.float_dtype)
-    if options.engine not in ENGINE_MODES:
-        raise UserError(f"--engine must be one of {', '.join(ENGINE_MODES)}, not {options.engine!r}")
+def check_build_options(checkpoint: Checkpoint, options: BuildOptions) -> Builder | None:
+    """What depends on the checkpoint or the installed packages is refused here, before anything is written (the
+    options themselves were checked when they were made). Returns the builder or None."""
     builder = None
     if options.engine != "skip":
         builder = find_builder(options.builder)
@@ -108,7 +98,7 @@ def plan_memory(checkpoint: Checkpoint, options: BuildOptions, builder) -> list[
         raise UserError(need.shortfall(limit, "free memory or raise the limit"))
     notes = []
     if builder is not None and options.engine != "skip":
-        need = memory.engine_need(memory.estimated_weight_bytes(args, options.precision), builder[0])
+        need = memory.engine_need(memory.estimated_weight_bytes(args, options.export.precision), builder.name)
         if not need.fits(limit) and options.engine == "require":
             raise UserError(need.shortfall(limit, "build the engine on a machine with more memory, or --engine auto "
                                                   "to skip it"))
@@ -124,10 +114,11 @@ def plan_memory(checkpoint: Checkpoint, options: BuildOptions, builder) -> list[
 
 def export_inputs(checkpoint: Checkpoint, options: BuildOptions) -> dict:
     """What the export depends on: an existing export with the same inputs is kept."""
-    quantization = options.quantization.manifest() if hasattr(options.quantization, "manifest") else None
+    export = options.export
+    quantization = export.quantization.manifest() if export.quantization is not None else None
     tokenizer = find_tokenizer_for(checkpoint)  # its files are copied with the export
-    return {"checkpoint": checkpoint.fingerprint(), "args": checkpoint.args.to_dict(), "precision": options.precision,
-            "target": options.target, "opset": options.opset, "float_dtype": options.float_dtype,
+    return {"checkpoint": checkpoint.fingerprint(), "args": checkpoint.args.to_dict(), "precision": export.precision,
+            "target": export.target, "opset": export.opset, "float_dtype": export.float_dtype,
             "quantization": quantization, "tool": artifacts.tool_info()["version"],
             "tokenizer": None if tokenizer is None else {name: artifacts.sha256_of(tokenizer.folder / name)
                                                          for name in tokenizer.files}}
@@ -243,18 +234,11 @@ def build(checkpoint: Checkpoint, out_dir: str | Path, options: BuildOptions | N
 def _export(checkpoint: Checkpoint, options: BuildOptions, folder: Path, inputs: dict, quiet: bool, force: bool,
             protect: list) -> dict:
     """A new export, renamed into place as soon as it is complete (a previous folder's stages go with it)."""
-    from .exporter.export import _progress_bar
-
-    quantization = options.quantization
-    if quantization is None and options.precision in QUANTIZED_PRECISIONS:  # defaults, calibrated here
-        quantization = prepare_quantization(checkpoint, options.precision)
     with artifacts.staged_output(folder, force=force, protect=protect) as staging:
-        with _progress_bar(checkpoint, quiet) as progress:
-            exported = export_onnx(checkpoint, staging, options.precision, options.opset, progress, options.target,
-                                   options.float_dtype, quantization)
+        with progress_bar(checkpoint, quiet) as progress:
+            exported = export_onnx(checkpoint, staging, options.export, progress)
         tokenizer = copy_tokenizer(checkpoint, staging)
-        content = manifest_content(checkpoint, options.precision, options.opset, exported, options.target,
-                                   options.float_dtype, quantization, tokenizer)
+        content = manifest_content(checkpoint, exported, tokenizer)
         content["stages"] = {"export": inputs}
         artifacts.write_manifest(staging, content)
     return content
@@ -263,8 +247,8 @@ def _export(checkpoint: Checkpoint, options: BuildOptions, folder: Path, inputs:
 def _engine_stage(checkpoint, options, builder, limits, folder: Path, content: dict, models: dict,
                   engine_notes: list[str], result: BuildResult, say) -> None:
     plan = folder / ENGINE_FILE
-    stage = None if builder is None else {"models": models, "builder": builder[0], "limits": limits.to_dict(),
-                                          "builder_version": getattr(builder[1], "__version__", "")}
+    stage = None if builder is None else {"models": models, "builder": builder.name, "limits": limits.to_dict(),
+                                          "builder_version": getattr(builder.module, "__version__", "")}
     if options.engine == "skip":
         result.notes.append("engine: skipped (--engine skip)")
     elif builder is None:
@@ -277,10 +261,10 @@ def _engine_stage(checkpoint, options, builder, limits, folder: Path, content: d
         result.engine = content["engine"]
         return
     else:
-        say(f"building the engine with {builder[0]}")
+        say(f"building the engine with {builder.name}")
         tmp = folder / f".{ENGINE_FILE}.tmp-{os.getpid()}"
         try:
-            built = build_engine(folder / content["model"], checkpoint.args, tmp, limits, builder=builder[0],
+            built = build_engine(folder / content["model"], checkpoint.args, tmp, limits, builder=builder.name,
                                  timing_cache=options.timing_cache)
             os.replace(tmp, plan)
         finally:

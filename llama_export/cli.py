@@ -155,15 +155,16 @@ def quantization_options(f):
     return f
 
 
-def _quantization(ckpt, precision, calibration, calibration_samples, alpha, quantize_lm_head,
-                  quantize_embeddings, block_size=None, int4_method=None):
-    from .exporter.export import QUANTIZED_PRECISIONS, prepare_quantization
+def _with_quantization(options, ckpt, calibration, calibration_samples, alpha, quantize_lm_head,
+                       quantize_embeddings, block_size=None, int4_method=None):
+    """`options` with the quantization the command line asks for (int8 and AWQ calibrate on `ckpt` here)."""
+    from dataclasses import replace
 
-    if precision not in QUANTIZED_PRECISIONS and (quantize_lm_head or quantize_embeddings or calibration_samples):
-        raise UserError(f"--quantize-* / --calibration-samples apply to the quantized precisions "
-                        f"({', '.join(QUANTIZED_PRECISIONS)}), not {precision}")
-    return prepare_quantization(ckpt, precision, calibration, alpha, calibration_samples, quantize_lm_head,
-                                quantize_embeddings, None if block_size is None else int(block_size), int4_method)
+    from .exporter.options import prepare_quantization
+
+    return replace(options, quantization=prepare_quantization(
+        ckpt, options.precision, calibration, alpha, calibration_samples, quantize_lm_head, quantize_embeddings,
+        None if block_size is None else int(block_size), int4_method))
 
 
 def default_out(size: str | None, checkpoint: Path | None, precision: str, float_dtype: str | None = None) -> Path:
@@ -180,18 +181,18 @@ def export(size, checkpoint, random_init, seed, precision, opset, target, out, q
            int4_method):
     """Export to ONNX: DIR/model.onnx + model.onnx.data + manifest.json (weights streamed, bounded memory)."""
     from .exporter.artifacts import check_replaceable
-    from .exporter.export import check_export_options, export_to_folder
+    from .exporter.export import export_to_folder
+    from .exporter.options import ExportOptions
     from .exporter.sources import resolve_checkpoint
 
-    check_export_options(precision, opset, target, float_dtype)
+    options = ExportOptions(precision, opset, target, float_dtype)  # checked before any weights are opened
     ckpt = resolve_checkpoint(size, checkpoint, random_init, seed)
     ckpt.allow_nonfinite = allow_nonfinite
     out = check_replaceable(out or default_out(size, checkpoint, precision, float_dtype), force=force,
                             protect=[checkpoint])  # before calibration
-    quantization = _quantization(ckpt, precision, calibration, calibration_samples, alpha, quantize_lm_head,
+    options = _with_quantization(options, ckpt, calibration, calibration_samples, alpha, quantize_lm_head,
                                  quantize_embeddings, block_size, int4_method)
-    folder = export_to_folder(ckpt, out, precision, opset, quiet=quiet, target=target, float_dtype=float_dtype,
-                              quantization=quantization, force=force)
+    folder = export_to_folder(ckpt, out, options, quiet=quiet, force=force)
     if not quiet:
         click.echo(f"wrote {folder}", err=True)
 
@@ -393,18 +394,17 @@ def build(size, checkpoint, random_init, seed, precision, opset, target, out, qu
     from .build import BuildOptions, default_limits
     from .build import build as run_build
     from .exporter.artifacts import check_replaceable
-    from .exporter.export import check_export_options
+    from .exporter.options import ExportOptions
     from .exporter.sources import resolve_checkpoint
 
-    check_export_options(precision, opset, target, float_dtype)
+    export = ExportOptions(precision, opset, target, float_dtype)  # checked before any weights are opened
     ckpt = resolve_checkpoint(size, checkpoint, random_init, seed)
     ckpt.allow_nonfinite = allow_nonfinite
     out = check_replaceable(out or default_out(size, checkpoint, precision, float_dtype), force=force,
                             protect=[checkpoint])  # before calibration
-    quantization = _quantization(ckpt, precision, calibration, calibration_samples, alpha, quantize_lm_head,
-                                 quantize_embeddings, block_size, int4_method)
-    options = BuildOptions(precision=precision, target=target, opset=opset, engine=engine, builder=builder,
-                           float_dtype=float_dtype, quantization=quantization,
+    export = _with_quantization(export, ckpt, calibration, calibration_samples, alpha, quantize_lm_head,
+                                quantize_embeddings, block_size, int4_method)
+    options = BuildOptions(export=export, engine=engine, builder=builder,
                            limits=default_limits(ckpt.args.max_seq_len, max_batch, max_input, max_seq),
                            timing_cache=timing_cache, validate=validate, validate_steps=steps, triton=triton,
                            layer_major=layer_major)

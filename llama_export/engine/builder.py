@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 from ..config import ModelArgs
 from ..errors import UserError
@@ -28,14 +29,22 @@ class EngineError(UserError):
     """The builder refused the model; the message names the node or profile at fault."""
 
 
-def find_builder(choice: str = "auto"):
-    """(name, module) of the requested builder, or None for auto with nothing installed."""
+@dataclass(frozen=True)
+class Builder:
+    """An installed builder: its name (a BUILDER_MODULES key) and its Python module."""
+
+    name: str
+    module: ModuleType
+
+
+def find_builder(choice: str = "auto") -> Builder | None:
+    """The requested builder, or None for auto with nothing installed."""
     names = list(BUILDER_MODULES) if choice == "auto" else [choice]
     for name in names:
         if name not in BUILDER_MODULES:
             raise UserError(f"unknown builder {name!r}; choose auto, {', '.join(BUILDER_MODULES)}")
         try:
-            return name, importlib.import_module(BUILDER_MODULES[name])
+            return Builder(name, importlib.import_module(BUILDER_MODULES[name]))
         except ImportError:
             continue
     if choice != "auto":
@@ -165,7 +174,7 @@ def build_engine(onnx_path: Path, args: ModelArgs, plan_path: Path, limits: Prof
     found = find_builder(builder)
     if found is None:
         raise UserError(f"no TensorRT builder is installed; {INSTALL_HINT}")
-    name, trt = found
+    name, trt = found.name, found.module
     logger = trt.Logger(trt.Logger.INFO if verbose else trt.Logger.ERROR)
     shapes = {p: s for p, s in input_shapes(args, limits).items() if profiles is None or p in profiles}
     start = time.perf_counter()

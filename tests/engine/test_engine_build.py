@@ -10,6 +10,7 @@ from llama_export.engine.builder import build_engine
 from llama_export.engine.profiles import ProfileLimits, input_shapes
 from llama_export.exporter.checkpoints import RandomCheckpoint
 from llama_export.exporter.export import export_onnx
+from llama_export.exporter.options import ExportOptions
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None,
                                 reason="tensorrt-rtx-cu13 is not installed (pip install '.[tensorrt-rtx]')")
@@ -23,8 +24,8 @@ LIMITS = ProfileLimits(max_batch=2, max_input=16, max_seq=64)
     ("none", "int8-wo", "fp32"), ("onnx", "int8-wo", "fp16"),  # W8A8: tests/graphs/test_quantize.py
 ])
 def test_export_builds_with_prefill_and_decode_profiles(tmp_path, target, precision, float_dtype):
-    exported = export_onnx(RandomCheckpoint(ARGS, seed=2), tmp_path, precision, target=target,
-                           float_dtype=float_dtype)
+    exported = export_onnx(RandomCheckpoint(ARGS, seed=2), tmp_path,
+                           ExportOptions(precision, target=target, float_dtype=float_dtype))
     built = build_engine(exported.model_path, ARGS, tmp_path / "engine.plan", LIMITS)
     assert (tmp_path / "engine.plan").stat().st_size > 0
     # The shapes TensorRT accepted (read back from its profile objects) are the io_spec-derived ones.
@@ -48,12 +49,12 @@ def test_export_builds_with_prefill_and_decode_profiles(tmp_path, target, precis
 @pytest.mark.parametrize("method", ["int8-wo", "int8"])
 def test_int8_tiny_model_builds_with_both_profiles(tmp_path, method, float_dtype):
     """The built-in tiny model's INT8 exports (weight-only, and W8A8 calibrated on its text) in fp32 and fp16."""
-    from llama_export.exporter.export import prepare_quantization
+    from llama_export.exporter.options import prepare_quantization
     from llama_export.exporter.sources import resolve_checkpoint
 
     ckpt = resolve_checkpoint()
     quant = prepare_quantization(ckpt, method, samples=2)
-    exported = export_onnx(ckpt, tmp_path, method, float_dtype=float_dtype, quantization=quant)
+    exported = export_onnx(ckpt, tmp_path, ExportOptions(method, float_dtype=float_dtype, quantization=quant))
     built = build_engine(exported.model_path, ckpt.args, tmp_path / "engine.plan", LIMITS)
     assert (tmp_path / "engine.plan").stat().st_size > 0
     expected = {p: {n: [list(s) for s in shapes] for n, shapes in per.items()}
@@ -80,7 +81,7 @@ def test_int4_tiny_model_builds_with_both_profiles(tmp_path, float_dtype):
 
 def test_timing_cache_is_not_faked_with_tensorrt_rtx(tmp_path):
     # TensorRT-RTX's timing-cache calls are no-ops: no file may pretend to hold one.
-    exported = export_onnx(RandomCheckpoint(ARGS, seed=2), tmp_path, "fp32")
+    exported = export_onnx(RandomCheckpoint(ARGS, seed=2), tmp_path)
     cache = tmp_path / "timing.cache"
     built = build_engine(exported.model_path, ARGS, tmp_path / "a.plan", LIMITS, builder="tensorrt-rtx",
                          timing_cache=cache)

@@ -176,7 +176,7 @@ def test_meta_and_own_formats_store_a_tied_embedding_once(tmp_path, tiny_args, t
 
 @pytest.mark.parametrize("flag", ["quantize_lm_head", "quantize_embeddings"])
 def test_quantizing_a_tied_matrix_is_refused(tiny_args, flag):
-    from llama_export.exporter.export import prepare_quantization
+    from llama_export.exporter.options import prepare_quantization
 
     tied = RandomCheckpoint(tiny_args.replace(tie_embeddings=True))
     assert prepare_quantization(tied, "int8-wo").quantize_lm_head is False  # the default leaves it in float

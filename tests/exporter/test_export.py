@@ -18,6 +18,7 @@ from llama_export.config import ModelArgs
 from llama_export.exporter.checkpoints import RandomCheckpoint, load_model, open_checkpoint
 from llama_export.exporter.export import export_to_folder
 from llama_export.exporter.meta_format import save_meta_checkpoint
+from llama_export.exporter.options import ExportOptions
 from llama_export.exporter.sources import TINY_ASSET
 from llama_export.validate.runners import OrtRunner, TorchRunner
 
@@ -40,7 +41,7 @@ def ort_runner(folder, args, fused: bool = True) -> OrtRunner:
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def fp32_export(request, tmp_path_factory):
     ckpt = RandomCheckpoint(CONFIGS[request.param], seed=3)
-    folder = export_to_folder(ckpt, tmp_path_factory.mktemp("export") / request.param, "fp32", quiet=True)
+    folder = export_to_folder(ckpt, tmp_path_factory.mktemp("export") / request.param, ExportOptions("fp32"), quiet=True)
     return ckpt, folder
 
 
@@ -116,7 +117,7 @@ def test_io_follows_io_spec(fp32_export):
 
 def test_identical_inputs_give_byte_identical_files(fp32_export, tmp_path):
     ckpt, folder = fp32_export
-    again = export_to_folder(RandomCheckpoint(ckpt.args, seed=3), tmp_path / "again", "fp32", quiet=True)
+    again = export_to_folder(RandomCheckpoint(ckpt.args, seed=3), tmp_path / "again", ExportOptions("fp32"), quiet=True)
     for name in ("model.onnx", "model.onnx.data", "manifest.json"):
         assert (again / name).read_bytes() == (folder / name).read_bytes(), name
 
@@ -138,7 +139,7 @@ def huge_checkpoint():
 
 @pytest.fixture(scope="module")
 def fp16_export(huge_checkpoint, tmp_path_factory):
-    return export_to_folder(huge_checkpoint, tmp_path_factory.mktemp("fp16") / "out", "fp16", quiet=True)
+    return export_to_folder(huge_checkpoint, tmp_path_factory.mktemp("fp16") / "out", ExportOptions("fp16"), quiet=True)
 
 
 def test_huge_activations_would_overflow_a_naive_fp16_norm(huge_checkpoint):
@@ -167,7 +168,7 @@ def _dtypes_of(path, op_type: str) -> set:
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_reductions_softmax_rope_and_logits_stay_fp32(precision, huge_checkpoint, fp16_export, tmp_path):
     folder = fp16_export if precision == "fp16" else export_to_folder(
-        huge_checkpoint, tmp_path / "bf16", "bf16", quiet=True)
+        huge_checkpoint, tmp_path / "bf16", ExportOptions("bf16"), quiet=True)
     low = ir.DataType.FLOAT16 if precision == "fp16" else ir.DataType.BFLOAT16
     path = folder / "model.onnx"
     onnx.checker.check_model(str(path), full_check=True)
@@ -184,7 +185,7 @@ def test_reductions_softmax_rope_and_logits_stay_fp32(precision, huge_checkpoint
 def test_bf16_export_is_refused_by_ort_cpu_with_a_named_op(huge_checkpoint, tmp_path):
     from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
 
-    folder = export_to_folder(huge_checkpoint, tmp_path / "bf16", "bf16", quiet=True)
+    folder = export_to_folder(huge_checkpoint, tmp_path / "bf16", ExportOptions("bf16"), quiet=True)
     with pytest.raises(OrtNotImplemented, match=r"Could not find an implementation for (Mul|MatMul|Add|Neg)"):
         ort_runner(folder, huge_checkpoint.args)
 
@@ -198,7 +199,7 @@ def test_hf_and_meta_checkpoints_of_the_same_weights_export_the_same_model(tmp_p
     save_meta_checkpoint(tiny_state, tiny_args, tmp_path / "meta", n_shards=2)
     meta = open_checkpoint(tmp_path / "meta")
     inputs = batch_inputs(tiny_args.vocab_size, seed=2)
-    logits = [run_session(ort_runner(export_to_folder(c, tmp_path / f"out-{i}", "fp32", quiet=True), tiny_args),
+    logits = [run_session(ort_runner(export_to_folder(c, tmp_path / f"out-{i}", ExportOptions("fp32"), quiet=True), tiny_args),
                           *inputs) for i, c in enumerate((hf, meta))]
     np.testing.assert_allclose(real_positions(logits[0]), real_positions(logits[1]), atol=1e-5, rtol=0)
     expected = run_session(TorchRunner(load_model(DictCheckpoint(tiny_args, tiny_state))), *inputs)
@@ -209,7 +210,7 @@ def test_hf_and_meta_checkpoints_of_the_same_weights_export_the_same_model(tmp_p
                     reason="TEMPORARY: the built-in tiny model is still being trained")
 def test_builtin_tiny_model_matches_torch(tmp_path):
     ckpt = open_checkpoint(TINY_ASSET)
-    folder = export_to_folder(ckpt, tmp_path / "tiny", "fp32", quiet=True)
+    folder = export_to_folder(ckpt, tmp_path / "tiny", ExportOptions("fp32"), quiet=True)
     inputs = batch_inputs(ckpt.args.vocab_size)
     expected = run_session(TorchRunner(load_model(ckpt)), *inputs)
     got = run_session(ort_runner(folder, ckpt.args), *inputs)

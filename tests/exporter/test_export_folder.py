@@ -19,6 +19,7 @@ from llama_export.config import ModelArgs
 from llama_export.exporter import artifacts
 from llama_export.exporter.checkpoints import RandomCheckpoint, save_checkpoint
 from llama_export.exporter.export import export_to_folder
+from llama_export.exporter.options import ExportOptions
 
 ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32)
 
@@ -47,7 +48,7 @@ def test_interrupt_while_streaming_keeps_the_previous_folder_and_cleans_up(tmp_p
         export_to_folder(InterruptingCheckpoint(ARGS), out, quiet=True)
     assert [p.name for p in tmp_path.iterdir()] == ["out"], "no staging folder left behind"
     assert (out / "manifest.json").read_text() == PREVIOUS
-    export_to_folder(RandomCheckpoint(ARGS), out, "fp16", quiet=True)  # the rerun succeeds and replaces it
+    export_to_folder(RandomCheckpoint(ARGS), out, ExportOptions("fp16"), quiet=True)  # the rerun replaces it
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "model.onnx.data"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
     built = artifacts.load_manifest(out)

@@ -14,6 +14,7 @@ from llama_export.exporter import weights
 from llama_export.exporter.checkpoints import RandomCheckpoint, open_checkpoint
 from llama_export.exporter.export import export_to_folder
 from llama_export.exporter.meta_format import save_meta_checkpoint
+from llama_export.exporter.options import ExportOptions
 from llama_export.exporter.stream_process import ProcessWeightStreamer
 
 ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32)
@@ -34,12 +35,12 @@ def make_checkpoint(source: str, tmp_path, tiny_args, tiny_state, write_hf):
 def test_process_stream_writes_the_threads_bytes_for_every_source(source, tmp_path, monkeypatch, tiny_args,
                                                                   tiny_state, write_hf):
     checkpoint = make_checkpoint(source, tmp_path, tiny_args, tiny_state, write_hf)
-    threaded = export_to_folder(checkpoint, tmp_path / "thread", "fp16", quiet=True)
+    threaded = export_to_folder(checkpoint, tmp_path / "thread", ExportOptions("fp16"), quiet=True)
     monkeypatch.setattr(weights, "PROCESS_MIN_BYTES", 0)
     started = []
     original = ProcessWeightStreamer.start
     monkeypatch.setattr(ProcessWeightStreamer, "start", lambda self: (started.append(self), original(self))[1])
-    in_process = export_to_folder(checkpoint, tmp_path / "process", "fp16", quiet=True)
+    in_process = export_to_folder(checkpoint, tmp_path / "process", ExportOptions("fp16"), quiet=True)
     assert len(started) == 1 and started[0]._process.returncode == 0  # it really ran in a child
     for file in ("model.onnx.data", "model.onnx", "manifest.json"):
         assert (in_process / file).read_bytes() == (threaded / file).read_bytes(), file

@@ -79,7 +79,8 @@ def test_int8_weights_fuse_and_ort_folds_them(tmp_path, method, fused_op):
     """int8 q/k/v and w1/w3 fuse as DQ(Concat(int8), Concat(scales)) → MatMul; ORT folds the Concats and makes
     one int8 kernel per fused MatMul (4 per layer instead of 7); the graph computes what the unfused one does."""
     from llama_export.exporter.checkpoints import RandomCheckpoint
-    from llama_export.exporter.export import export_onnx, prepare_quantization
+    from llama_export.exporter.export import export_onnx
+    from llama_export.exporter.options import ExportOptions, prepare_quantization
 
     ckpt = RandomCheckpoint(INT8_ARGS, seed=1)
     quant = prepare_quantization(ckpt, method, samples=2)
@@ -87,7 +88,7 @@ def test_int8_weights_fuse_and_ort_folds_them(tmp_path, method, fused_op):
     results = {}
     for target in ("none", "ort"):
         (tmp_path / target).mkdir()
-        results[target] = export_onnx(ckpt, tmp_path / target, method, target=target, quantization=quant)
+        results[target] = export_onnx(ckpt, tmp_path / target, ExportOptions(method, target=target, quantization=quant))
     counts = results["ort"].fusion_counts
     assert counts["fused_projections"] == 2 * n and counts["quantize_weights"] == 7 * n
     assert counts["quantize_activations"] == (4 * n if method == "int8" else 0)  # one pair per fused MatMul
@@ -108,8 +109,10 @@ def test_onnx_target_keeps_int8_per_projection_so_tensorrt_builds(tmp_path):
     `onnx` target: there int8 weights are not concatenated, and TensorRT-RTX builds the graph."""
     from llama_export.exporter.checkpoints import RandomCheckpoint
     from llama_export.exporter.export import export_onnx
+    from llama_export.exporter.options import ExportOptions
 
-    result = export_onnx(RandomCheckpoint(TINY_GQA, seed=1), tmp_path, "int8-wo", target="onnx", float_dtype="fp16")
+    result = export_onnx(RandomCheckpoint(TINY_GQA, seed=1), tmp_path,
+                         ExportOptions("int8-wo", target="onnx", float_dtype="fp16"))
     assert result.fusion_counts["fused_projections"] == 0 and result.fusion_counts["quantize_weights"] == 14
     pytest.importorskip("tensorrt_rtx")
     from llama_export.engine.builder import build_engine

@@ -16,7 +16,8 @@ from llama_export.cli import main
 from llama_export.config import ModelArgs
 from llama_export.errors import UserError
 from llama_export.exporter.checkpoints import RandomCheckpoint, load_model
-from llama_export.exporter.export import export_to_folder, prepare_quantization
+from llama_export.exporter.export import export_to_folder
+from llama_export.exporter.options import ExportOptions, prepare_quantization
 from llama_export.exporter.sources import TINY_ASSET, resolve_checkpoint
 from llama_export.graphs.calibration import calibration_windows, read_calibration_file
 from llama_export.graphs.quantize import quantize_per_channel
@@ -33,9 +34,9 @@ def tiny_exports(tmp_path_factory):
     """The trained tiny model exported as int8-wo and int8 (calibrated on 8 windows to stay fast)."""
     ckpt = resolve_checkpoint()
     root = tmp_path_factory.mktemp("int8")
-    folders = {"int8-wo": export_to_folder(ckpt, root / "wo", "int8-wo", quiet=True)}
+    folders = {"int8-wo": export_to_folder(ckpt, root / "wo", ExportOptions("int8-wo"), quiet=True)}
     quant = prepare_quantization(ckpt, "int8", samples=8)
-    folders["int8"] = export_to_folder(ckpt, root / "w8a8", "int8", quiet=True, quantization=quant)
+    folders["int8"] = export_to_folder(ckpt, root / "w8a8", ExportOptions("int8", quantization=quant), quiet=True)
     return ckpt, folders
 
 
@@ -118,8 +119,8 @@ def test_accuracy_on_tiny_model(tiny_exports, one_torch_thread):
 def test_composes_with_targets_and_fp16(tmp_path, method, target, float_dtype, one_torch_thread):
     ckpt = RandomCheckpoint(SMALL, seed=3)
     quant = prepare_quantization(ckpt, method, samples=2)
-    folder = export_to_folder(ckpt, tmp_path / "out", method, quiet=True, target=target, float_dtype=float_dtype,
-                              quantization=quant)
+    folder = export_to_folder(ckpt, tmp_path / "out", ExportOptions(method, target=target, float_dtype=float_dtype,
+                                                                  quantization=quant), quiet=True)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["float_dtype"] == float_dtype and manifest["fusion_counts"]["quantize_weights"] == 14
     ids = np.random.default_rng(0).integers(3, 2000, size=(1, 9))
@@ -137,7 +138,7 @@ def test_composes_with_targets_and_fp16(tmp_path, method, target, float_dtype, o
 def test_lm_head_and_embeddings_optional(tmp_path):
     ckpt = RandomCheckpoint(SMALL, seed=3)
     quant = prepare_quantization(ckpt, "int8-wo", quantize_lm_head=True, quantize_embeddings=True)
-    folder = export_to_folder(ckpt, tmp_path / "out", "int8-wo", quiet=True, quantization=quant)
+    folder = export_to_folder(ckpt, tmp_path / "out", ExportOptions("int8-wo", quantization=quant), quiet=True)
     model = onnx.load(folder / "model.onnx", load_external_data=False)
     assert len(_weight_dqs(model)) == 7 * SMALL.n_layers + 2
     gather = next(n for n in model.graph.node if n.op_type == "Gather" and "dequantized" in n.input[0])

@@ -122,9 +122,10 @@ def rtx_engine_dir(tmp_path_factory) -> Path:
     from llama_export.engine.profiles import ProfileLimits
     from llama_export.exporter.checkpoints import RandomCheckpoint
     from llama_export.exporter.export import export_to_folder
+    from llama_export.exporter.options import ExportOptions
 
-    folder = export_to_folder(RandomCheckpoint(SMALL, 0), tmp_path_factory.mktemp("rtx") / "small", opset=20,
-                              quiet=True)
+    folder = export_to_folder(RandomCheckpoint(SMALL, 0), tmp_path_factory.mktemp("rtx") / "small",
+                              ExportOptions(opset=20), quiet=True)
     build = build_engine(folder / "model.onnx", SMALL, folder / "engine.plan",
                          ProfileLimits(max_batch=2, max_input=16, max_seq=64), builder="tensorrt-rtx")
     (folder / "tokenizer.model").write_bytes(train_stand_in_tokenizer(SMALL.vocab_size))  # replaces the tiny one

@@ -14,6 +14,7 @@ import pytest
 from llama_export.config import SIZES
 from llama_export.exporter.checkpoints import RandomCheckpoint
 from llama_export.exporter.export import export_to_folder
+from llama_export.exporter.options import ExportOptions
 from llama_export.exporter.sources import TINY_ASSET, resolve_checkpoint
 
 
@@ -46,7 +47,7 @@ def exports(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def fp32_dir(exports) -> Path:
-    return export_to_folder(tiny_checkpoint(), exports / "tiny-fp32", "fp32", quiet=True)
+    return export_to_folder(tiny_checkpoint(), exports / "tiny-fp32", ExportOptions("fp32"), quiet=True)
 
 
 @pytest.fixture(scope="session")
@@ -61,4 +62,4 @@ def perturbed_dir(fp32_dir, exports) -> Path:
 
 @pytest.fixture(scope="session")
 def fp16_dir(exports) -> Path:
-    return export_to_folder(tiny_checkpoint(), exports / "tiny-fp16", "fp16", quiet=True)
+    return export_to_folder(tiny_checkpoint(), exports / "tiny-fp16", ExportOptions("fp16"), quiet=True)
