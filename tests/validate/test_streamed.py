@@ -19,6 +19,7 @@ import pytest
 from llama_export.exporter.artifacts import load_manifest
 from llama_export.exporter.checkpoints import RandomCheckpoint, load_model
 from llama_export.exporter.export import export_to_folder
+from llama_export.exporter.options import ExportOptions
 from llama_export.validate import compare, pipeline
 from llama_export.validate.blocks import split_graph
 from llama_export.validate.layers import TorchLayerRunner, ort_layer_runner
@@ -89,7 +90,8 @@ def test_streamed_matches_whole_fp16(fp16_dir):
 def test_streamed_matches_whole_small(tmp_path, precision):
     from llama_export.config import SIZES
 
-    folder = export_to_folder(RandomCheckpoint(SIZES["small"], 0), tmp_path / precision, precision, quiet=True)
+    folder = export_to_folder(RandomCheckpoint(SIZES["small"], 0), tmp_path / precision, ExportOptions(precision),
+                              quiet=True)
     assert_agree(folder)
 
 
@@ -124,7 +126,7 @@ def test_ort_target_does_not_split(tmp_path):
     """The ort target fuses each block's residual Add into the next block's norm: no clean cut."""
     from llama_export.config import SIZES
 
-    folder = export_to_folder(RandomCheckpoint(SIZES["tiny"], 0), tmp_path / "ort", "fp32", target="ort",
+    folder = export_to_folder(RandomCheckpoint(SIZES["tiny"], 0), tmp_path / "ort", ExportOptions(target="ort"),
                               quiet=True)
     with pytest.raises(LookupError, match="do not separate"):
         split_graph(folder / "model.onnx", SIZES["tiny"].n_layers)
