@@ -23,7 +23,8 @@ import torch
 
 from llama_export.assets.corpus import corpus
 from llama_export.exporter.checkpoints import load_model
-from llama_export.exporter.export import export_to_folder, prepare_int4
+from llama_export.exporter.export import export_to_folder
+from llama_export.exporter.options import ExportOptions, prepare_int4
 from llama_export.exporter.sources import TINY_ASSET, resolve_checkpoint
 from llama_export.exporter.tokenization import load_tokenizer
 from llama_export.validate.heldout import forced_agreement, heldout_windows, windowed_perplexity
@@ -55,8 +56,8 @@ def main() -> None:
                 start = time.perf_counter()
                 quant = prepare_int4(ckpt, block_size=block, int4_method=method, samples=opts.samples)
                 search = time.perf_counter() - start
-                folder = export_to_folder(ckpt, Path(tmp) / f"{method}{block}", "int4-wo", quiet=True,
-                                          target=opts.target, quantization=quant)
+                folder = export_to_folder(ckpt, Path(tmp) / f"{method}{block}", ExportOptions(
+                    "int4-wo", target=opts.target, quantization=quant), quiet=True)
                 seconds = time.perf_counter() - start
                 size = (folder / "model.onnx.data").stat().st_size / 2**20
                 exact = OrtRunner(folder / "model.onnx", ckpt.args, session_config=WEIGHT_ONLY_INT8)

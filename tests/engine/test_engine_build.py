@@ -66,12 +66,12 @@ def test_int8_tiny_model_builds_with_both_profiles(tmp_path, method, float_dtype
 def test_int4_tiny_model_builds_with_both_profiles(tmp_path, float_dtype):
     """The tiny model's int4-wo export (blocked INT4 DQ → MatMul) at the default block size 128: its w2 has 704
     inputs, which TensorRT only takes in whole blocks, so that linear gets block 64 (graphs/int4.py)."""
-    from llama_export.exporter.export import prepare_int4
+    from llama_export.exporter.options import prepare_int4
     from llama_export.exporter.sources import resolve_checkpoint
 
     ckpt = resolve_checkpoint()
     quant = prepare_int4(ckpt, int4_method="rtn")  # AWQ changes values, not the graph
-    exported = export_onnx(ckpt, tmp_path, "int4-wo", float_dtype=float_dtype, quantization=quant)
+    exported = export_onnx(ckpt, tmp_path, ExportOptions("int4-wo", float_dtype=float_dtype, quantization=quant))
     built = build_engine(exported.model_path, ckpt.args, tmp_path / "engine.plan", LIMITS)
     assert (tmp_path / "engine.plan").stat().st_size > 0
     expected = {p: {n: [list(s) for s in shapes] for n, shapes in per.items()}

@@ -14,8 +14,9 @@ from onnx import numpy_helper
 
 from llama_export.config import ModelArgs
 from llama_export.exporter.checkpoints import RandomCheckpoint
-from llama_export.exporter.export import export_to_folder, prepare_int4
+from llama_export.exporter.export import export_to_folder
 from llama_export.exporter.model import Transformer
+from llama_export.exporter.options import ExportOptions, prepare_int4
 from llama_export.exporter.sources import resolve_checkpoint
 from llama_export.graphs import int4
 from llama_export.validate.runners import WEIGHT_ONLY_INT8, KVSession, OrtRunner, TorchRunner
@@ -53,7 +54,7 @@ def rtn_exports(tmp_path_factory):
     ckpt = RandomCheckpoint(ARGS, seed=3)
     root = tmp_path_factory.mktemp("int4")
     quant = prepare_int4(ckpt, block_size=BLOCK, int4_method="rtn")
-    return ckpt, {t: export_to_folder(ckpt, root / t, "int4-wo", quiet=True, target=t, quantization=quant)
+    return ckpt, {t: export_to_folder(ckpt, root / t, ExportOptions("int4-wo", target=t, quantization=quant), quiet=True)
                   for t in ("none", "ort")}
 
 
