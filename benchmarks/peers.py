@@ -256,9 +256,10 @@ def weight_bytes_per_token(model_path: Path) -> int:
 
     model = onnx.load(str(model_path), load_external_data=False)
     sizes = {}
+    packed = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}  # two per byte (numpy's int4 itemsize says 1)
     for init in model.graph.initializer:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
-        sizes[init.name] = int(np.prod(init.dims, dtype=np.int64)) * itemsize
+        itemsize = 0.5 if init.data_type in packed else onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+        sizes[init.name] = int(np.prod(init.dims, dtype=np.int64) * itemsize)
     gathered = {n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in sizes}
     table = max(gathered, key=sizes.get, default=None)
     row = sizes[table] // max(1, next(i.dims[0] for i in model.graph.initializer if i.name == table)) if table else 0
