@@ -4,6 +4,7 @@ The built-in trained tiny model when its weights exist, else random weights of t
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import onnx
 import pytest
 
 from llama_export.config import SIZES
-from llama_export.exporter.checkpoints import RandomCheckpoint
+from llama_export.exporter.checkpoints import RandomCheckpoint, file_sha256
 from llama_export.exporter.export import export_to_folder
 from llama_export.exporter.options import ExportOptions
 from llama_export.exporter.sources import TINY_ASSET, resolve_checkpoint
@@ -38,6 +39,10 @@ def perturb_initializer(folder: Path, name: str, scale: float, seed: int = 0) ->
         weight += (scale * np.random.default_rng(seed).standard_normal(weight.shape)).astype(dtype)
         f.seek(offset)
         f.write(weight.tobytes())
+    # As an export that wrote these bytes would record them: readers verify files against the manifest.
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"][info["location"]]["sha256"] = file_sha256(folder / info["location"])
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 @pytest.fixture(scope="session")
