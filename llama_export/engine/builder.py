@@ -1,7 +1,7 @@
-"""Build a strongly typed engine with TensorRT or TensorRT-RTX.
+"""Build a strongly typed engine with TensorRT or TensorRT-RTX, through Polygraphy's loaders.
 
-Both expose the same Python builder API (module `tensorrt` or `tensorrt_rtx`); everything here runs on
-either. Precision comes from the ONNX types and Q/DQ nodes: no FP16/INT8 builder flags (TensorRT 11 removed
+Both expose the same Python builder API (module `tensorrt` or `tensorrt_rtx`), and Polygraphy drives either
+(polygraphy_backend.py); everything here runs on both. Precision comes from the ONNX types and Q/DQ nodes: no FP16/INT8 builder flags (TensorRT 11 removed
 them; TensorRT-RTX never had them).
 """
 
@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,24 +106,39 @@ def tensorrt_view(onnx_path: Path) -> tuple[bytes | None, list[str]]:
     return model.SerializeToString(), [f"softmax_precision dropped from {changed} Attention nodes"]
 
 
-def _parse(trt, onnx_path: Path, logger):
+def _parse(pg, trt, onnx_path: Path):
+    """Polygraphy's network_from_onnx_path on the graph as TensorRT takes it (tensorrt_view): (builder, network,
+    parser), what tensorrt_view changed. A changed graph is parsed from a sibling file, so its external data
+    resolves as the original's does."""
+    from polygraphy.exception import PolygraphyException
+
+    serialized, notes = tensorrt_view(onnx_path)
+    view = onnx_path if serialized is None else onnx_path.with_name(f".{onnx_path.stem}.tensorrt-{os.getpid()}.onnx")
+    try:
+        if serialized is not None:
+            view.write_bytes(serialized)
+        try:
+            return pg.network_from_onnx_path(str(view), strongly_typed=True), notes
+        except PolygraphyException:
+            # Polygraphy logs each parser error and raises "Could not parse ONNX correctly"; name the node here.
+            raise EngineError(_first_parser_error(trt, view, onnx_path.name)) from None
+    finally:
+        if view != onnx_path:
+            view.unlink(missing_ok=True)
+
+
+def _first_parser_error(trt, path: Path, shown_name: str) -> str:
+    logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    flags = 0 if strongly_typed is None else 1 << int(strongly_typed)  # TensorRT 11: strongly typed is the default
-    network = builder.create_network(flags)
+    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
     parser = trt.OnnxParser(network, logger)
-    serialized, notes = tensorrt_view(onnx_path)
-    parsed = (parser.parse_from_file(str(onnx_path)) if serialized is None
-              else parser.parse(serialized, str(onnx_path)))
-    if not parsed:
-        errors = [parser.get_error(i) for i in range(parser.num_errors)]
-        first = errors[0]
-        raise EngineError(
-            f"{onnx_path.name}: the ONNX parser rejected node {first.node_name() or '#' + str(first.node())} "
-            f"(op {first.node_operator() or '?'}): {first.desc()}"
-            + (f" (+{len(errors) - 1} more errors)" if len(errors) > 1 else "")
-        )
-    return builder, network, notes
+    if parser.parse_from_file(str(path)) or parser.num_errors == 0:
+        return f"{shown_name}: the ONNX parser rejected the model"
+    first = parser.get_error(0)
+    more = f" (+{parser.num_errors - 1} more errors)" if parser.num_errors > 1 else ""
+    return (f"{shown_name}: the ONNX parser rejected node {first.node_name() or '#' + str(first.node())} "
+            f"(op {first.node_operator() or '?'}): {first.desc()}{more}")
 
 
 def allow_attention_decomposition(trt, network) -> int:
@@ -167,51 +183,66 @@ def build_engine(onnx_path: Path, args: ModelArgs, plan_path: Path, limits: Prof
                  builder: str = "auto", timing_cache: Path | None = None, verbose: bool = False,
                  profiles: tuple[str, ...] | None = None,
                  configure: Callable[[object, object], list[str]] | None = None) -> EngineBuild:
-    """`profiles`: build only these optimization profiles (default: all of profiles.input_shapes).
+    """Build `plan_path` from `onnx_path` through Polygraphy's loaders: network_from_onnx_path, CreateConfig with
+    the prefill and decode Profiles (and the timing cache), engine_bytes_from_network.
+    `profiles`: build only these optimization profiles (default: all of profiles.input_shapes).
     `configure(trt, config)`: last changes to the builder config (benchmarks/engine_memory.py tries the memory
     options with it); returns the names of the flags it set, recorded in the manifest."""
+    from polygraphy.exception import PolygraphyException
+
+    from .polygraphy_backend import quiet_polygraphy, trt_backend
+
     limits = limits or ProfileLimits()
     found = find_builder(builder)
     if found is None:
         raise UserError(f"no TensorRT builder is installed; {INSTALL_HINT}")
     name, trt = found.name, found.module
-    logger = trt.Logger(trt.Logger.INFO if verbose else trt.Logger.ERROR)
+    pg = trt_backend(name)
     shapes = {p: s for p, s in input_shapes(args, limits).items() if profiles is None or p in profiles}
     start = time.perf_counter()
-    trt_builder, network, notes = _parse(trt, Path(onnx_path), logger)
-    decomposable = allow_attention_decomposition(trt, network)
-    config = trt_builder.create_builder_config()
+    with quiet_polygraphy(verbose), warnings.catch_warnings():
+        # Polygraphy's CreateConfigRTX sets a timing cache, which TensorRT-RTX deprecates as a no-op (1.2+).
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*[Tt]iming cache.*")
+        (trt_builder, network, parser), notes = _parse(pg, trt, Path(onnx_path))
+        decomposable = allow_attention_decomposition(trt, network)
 
-    network_inputs = {network.get_input(i).name for i in range(network.num_inputs)}
-    accepted = {}  # what TensorRT holds for each profile, read back from its profile objects
-    for profile_name, per_input in shapes.items():
-        missing = set(per_input) - network_inputs
-        if missing:
-            raise EngineError(f"{Path(onnx_path).name} lacks inputs {sorted(missing)} that io_spec names; re-export it")
-        profile = trt_builder.create_optimization_profile()
-        for input_name, (lo, opt, hi) in per_input.items():
-            profile.set_shape(input_name, lo, opt, hi)
-        if config.add_optimization_profile(profile) < 0:
-            raise EngineError(f"TensorRT refused the {profile_name} optimization profile {per_input}")
-        accepted[profile_name] = {n: [list(map(int, s)) for s in profile.get_shape(n)] for n in per_input}
+        network_inputs = {network.get_input(i).name for i in range(network.num_inputs)}
+        pg_profiles, accepted = [], {}  # accepted: what TensorRT holds for each profile, read back from its objects
+        for profile_name, per_input in shapes.items():
+            missing = set(per_input) - network_inputs
+            if missing:
+                raise EngineError(f"{Path(onnx_path).name} lacks inputs {sorted(missing)} that io_spec names; "
+                                  "re-export it")
+            profile = pg.Profile()
+            for input_name, (lo, opt, hi) in per_input.items():
+                profile.add(input_name, lo, opt, hi)
+            pg_profiles.append(profile)
+            held = profile.to_trt(trt_builder, network)
+            accepted[profile_name] = {n: [list(map(int, s)) for s in held.get_shape(n)] for n in per_input}
 
-    # TensorRT-RTX picks kernels at run time: its timing-cache calls are deprecated no-ops (1.2+), so a cache
-    # file is only read and written for full TensorRT.
-    use_cache = timing_cache is not None and name == "tensorrt"
-    if use_cache:
-        data = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
-        config.set_timing_cache(config.create_timing_cache(data), ignore_mismatch=False)
+        # TensorRT-RTX picks kernels at run time: its timing-cache calls are deprecated no-ops (1.2+), so a cache
+        # file is only read and written for full TensorRT.
+        use_cache = timing_cache is not None and name == "tensorrt"
+        # LAYER_NAMES_ONLY is TensorRT's own default; Polygraphy would otherwise embed DETAILED layer info.
+        common = {"profiles": pg_profiles, "profiling_verbosity": trt.ProfilingVerbosity.LAYER_NAMES_ONLY}
+        if name == "tensorrt-rtx":
+            from polygraphy.backend.tensorrt_rtx import CreateConfigRTX
 
-    extra_flags = configure(trt, config) if configure is not None else []
-    serialized = trt_builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise EngineError(f"{name} could not build {Path(onnx_path).name} (rerun with --verbose for the builder log)")
-    data = bytes(serialized)
+            create_config = CreateConfigRTX(**common)
+        else:
+            create_config = pg.CreateConfig(**common, load_timing_cache=str(timing_cache) if use_cache else None)
+        config = create_config(trt_builder, network)
+        if config.num_optimization_profiles != len(pg_profiles):
+            raise EngineError(f"TensorRT accepted {config.num_optimization_profiles} of the {len(pg_profiles)} "
+                              f"optimization profiles {list(shapes)}")
+        extra_flags = configure(trt, config) if configure is not None else []
+        try:
+            data = bytes(pg.engine_bytes_from_network((trt_builder, network, parser), config,
+                                                      save_timing_cache=str(timing_cache) if use_cache else None))
+        except PolygraphyException:
+            raise EngineError(f"{name} could not build {Path(onnx_path).name} (rerun with --verbose for the "
+                              "builder log)") from None
     Path(plan_path).write_bytes(data)
-    if use_cache:
-        tmp = Path(f"{timing_cache}.tmp-{os.getpid()}")
-        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-        tmp.replace(timing_cache)
     return EngineBuild(
         plan=Path(plan_path),
         builder=name,
