@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from llama_export.config import get_size
-from llama_export.exporter.checkpoints import RandomCheckpoint, load_model
+from llama_export.exporter.checkpoints import load_model
 from llama_export.exporter.export import export_onnx
 from llama_export.exporter.options import ExportOptions
+from llama_export.exporter.random_init import RandomCheckpoint
 from llama_export.validate.runners import KVSession, OrtRunner, TorchRunner
 
 TARGETS = ("none", "onnx", "ort", "plugin")

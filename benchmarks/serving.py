@@ -40,8 +40,8 @@ from triton_server import TritonServer, ensure_venv
 
 from llama_export.config import get_size
 from llama_export.exporter import artifacts
-from llama_export.exporter.checkpoints import RandomCheckpoint
 from llama_export.exporter.export import export_to_folder
+from llama_export.exporter.random_init import RandomCheckpoint
 from llama_export.exporter.sources import TINY_ASSET, resolve_checkpoint
 from llama_export.exporter.tokenization import find_tokenizer
 from llama_export.triton import protocol

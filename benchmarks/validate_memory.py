@@ -21,7 +21,7 @@ from pathlib import Path
 EXPORT = """
 import sys
 from llama_export.config import SIZES
-from llama_export.exporter.checkpoints import RandomCheckpoint
+from llama_export.exporter.random_init import RandomCheckpoint
 from llama_export.exporter.export import export_to_folder
 from llama_export.exporter.options import ExportOptions
 export_to_folder(RandomCheckpoint(SIZES["7b"].replace(n_layers=2), 0), sys.argv[1], ExportOptions(sys.argv[2]),

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from llama_export.config import ModelArgs
-from llama_export.exporter.checkpoints import RandomCheckpoint, save_checkpoint
+from llama_export.exporter.checkpoints import save_checkpoint
 from llama_export.exporter.hf_format import hf_config, to_hf_state_dict
 from llama_export.exporter.meta_format import save_meta_checkpoint
+from llama_export.exporter.random_init import RandomCheckpoint
 
 TINY_GQA = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32)
 

@@ -423,22 +423,5 @@ def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
     return digest.hexdigest()
 
 
-def __getattr__(name: str):
-    """The format and random-init modules' public names, re-exported lazily (they import this module)."""
-    if name in ("MetaCheckpoint", "save_meta_checkpoint", "meta_params"):
-        from . import meta_format
-
-        return getattr(meta_format, name)
-    if name in ("HFCheckpoint", "hf_config", "from_hf_state_dict", "to_hf_state_dict"):
-        from . import hf_format
-
-        return getattr(hf_format, name)
-    if name in ("RandomCheckpoint", "uniform_init", "INIT_STD", "RANDOM_CHUNK"):
-        from . import random_init
-
-        return getattr(random_init, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = ["Checkpoint", "SafetensorsCheckpoint", "check_tensors", "expected_shapes", "file_sha256", "load_model",
            "open_checkpoint", "output_weight_name", "read_safetensors_header", "save_checkpoint"]

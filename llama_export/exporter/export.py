@@ -24,10 +24,11 @@ import torch
 
 from .. import io_spec
 from ..config import ModelArgs, size_name
+from ..pending_weights import mark_pending
 from .checkpoints import Checkpoint
 from .model import Transformer, rope_inv_freq
 from .options import DEFAULT_OPSET, KV_DTYPE_NAMES, ExportOptions
-from .weights import attach, embed_constants, mark_pending, start_streamer
+from .weights import attach, embed_constants, start_streamer
 
 MODEL_FILE, DATA_FILE = "model.onnx", "model.onnx.data"
 

@@ -23,7 +23,7 @@ import ast
 import onnx_ir as ir
 
 from .. import io_spec
-from .weights import meta_initializer
+from ..pending_weights import meta_initializer
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 BLOCK0 = "layers.0"

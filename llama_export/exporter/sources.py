@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ..config import ModelArgs, get_size
 from ..errors import UserError
-from .checkpoints import Checkpoint, RandomCheckpoint
+from .checkpoints import Checkpoint
+from .random_init import RandomCheckpoint
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TINY_ASSET = ASSETS / "tiny"

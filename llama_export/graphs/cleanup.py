@@ -13,7 +13,7 @@ import onnx_ir.passes.common as common_passes
 from onnxscript import rewriter
 from onnxscript.optimizer import _constant_folding
 
-from ..exporter.weights import is_meta
+from ..pending_weights import is_meta
 
 WEIGHT_SIZE = 1024  # initializers at least this big are weights: never read them to fold
 

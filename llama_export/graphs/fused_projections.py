@@ -93,7 +93,7 @@ def _fused_weight(graph: ir.Graph, found: list[tuple[ir.Node, ir.Node]], prefix:
 def _fused_int4(graph: ir.Graph, readers: list[ir.Node], prefix: str) -> ir.Node:
     """One DQ over the group's pre-concatenated INT4 weight; the members' initializers are dropped (the weight
     transform writes only the fused pair)."""
-    from ..exporter.weights import meta_initializer
+    from ..pending_weights import meta_initializer
 
     members = [(r.inputs[0], r.inputs[1]) for r in readers]
     for r in readers:  # detach the members' DQs (removed by fuse_group) from the initializers dropped below

@@ -78,7 +78,7 @@ def dequantized_int4(graph: ir.Graph, name: str, shape: tuple[int, int], axis: i
                      dtype: torch.dtype, before: ir.Node) -> ir.Value:
     """Declare `name`.int4 (INT4 `shape`) and `name`.scale (blocks along `axis`) and insert their blocked
     DequantizeLinear before `before`; returns its output."""
-    from ..exporter.weights import meta_initializer
+    from ..pending_weights import meta_initializer
 
     block_size = int4.block_size_for(shape[axis], block_size)
     scale_shape = list(shape)

@@ -28,7 +28,7 @@ import onnx_ir as ir
 import torch
 
 from ..config import ModelArgs
-from ..exporter.weights import meta_initializer
+from ..pending_weights import meta_initializer
 from . import fused_projections, int4
 from .awq import AwqPlan
 from .calibration import Calibration

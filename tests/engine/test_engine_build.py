@@ -8,9 +8,9 @@ from llama_export import io_spec
 from llama_export.config import ModelArgs
 from llama_export.engine.builder import build_engine
 from llama_export.engine.profiles import ProfileLimits, input_shapes
-from llama_export.exporter.checkpoints import RandomCheckpoint
 from llama_export.exporter.export import export_onnx
 from llama_export.exporter.options import ExportOptions
+from llama_export.exporter.random_init import RandomCheckpoint
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None,
                                 reason="tensorrt-rtx-cu13 is not installed (pip install '.[tensorrt-rtx]')")

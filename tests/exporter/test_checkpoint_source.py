@@ -10,8 +10,9 @@ import pytest
 
 from llama_export.config import SIZES
 from llama_export.errors import UserError
-from llama_export.exporter.checkpoints import RandomCheckpoint, open_checkpoint, save_checkpoint
+from llama_export.exporter.checkpoints import open_checkpoint, save_checkpoint
 from llama_export.exporter.meta_format import save_meta_checkpoint
+from llama_export.exporter.random_init import RandomCheckpoint
 from llama_export.exporter.sources import TINY_ASSET, reopen_source, resolve_checkpoint
 
 

@@ -11,7 +11,6 @@ from safetensors.torch import save_file
 from llama_export.config import SIZES, ModelArgs
 from llama_export.errors import UserError
 from llama_export.exporter.checkpoints import (
-    RandomCheckpoint,
     SafetensorsCheckpoint,
     expected_shapes,
     load_model,
@@ -33,6 +32,7 @@ from llama_export.exporter.meta_format import (
     meta_params,
     save_meta_checkpoint,
 )
+from llama_export.exporter.random_init import RandomCheckpoint
 
 
 def assert_same(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:

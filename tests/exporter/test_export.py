@@ -15,10 +15,11 @@ import torch
 from export_helpers import DictCheckpoint, batch_inputs, real_positions, run_session
 
 from llama_export.config import ModelArgs
-from llama_export.exporter.checkpoints import RandomCheckpoint, load_model, open_checkpoint
+from llama_export.exporter.checkpoints import load_model, open_checkpoint
 from llama_export.exporter.export import export_to_folder
 from llama_export.exporter.meta_format import save_meta_checkpoint
 from llama_export.exporter.options import ExportOptions
+from llama_export.exporter.random_init import RandomCheckpoint
 from llama_export.exporter.sources import TINY_ASSET
 from llama_export.validate.runners import OrtRunner, TorchRunner
 

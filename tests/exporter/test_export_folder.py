@@ -17,9 +17,10 @@ from click.testing import CliRunner
 from llama_export.cli import main
 from llama_export.config import ModelArgs
 from llama_export.exporter import artifacts
-from llama_export.exporter.checkpoints import RandomCheckpoint, save_checkpoint
+from llama_export.exporter.checkpoints import save_checkpoint
 from llama_export.exporter.export import export_to_folder
 from llama_export.exporter.options import ExportOptions
+from llama_export.exporter.random_init import RandomCheckpoint
 
 ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32)
 

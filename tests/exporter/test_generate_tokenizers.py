@@ -12,8 +12,9 @@ from tokenizer_folders import hf_llama3_tokenizer
 
 from llama_export.cli import main
 from llama_export.config import ModelArgs
-from llama_export.exporter.checkpoints import RandomCheckpoint, load_model, open_checkpoint
+from llama_export.exporter.checkpoints import load_model, open_checkpoint
 from llama_export.exporter.hf_format import hf_config, to_hf_state_dict
+from llama_export.exporter.random_init import RandomCheckpoint
 from llama_export.exporter.tokenization import load_tokenizer
 from llama_export.validate.generation import generate_tokens
 from llama_export.validate.runners import TorchRunner

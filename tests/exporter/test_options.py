@@ -9,8 +9,8 @@ import pytest
 from llama_export.build import BuildOptions
 from llama_export.config import ModelArgs
 from llama_export.errors import UserError
-from llama_export.exporter.checkpoints import RandomCheckpoint
 from llama_export.exporter.options import ExportOptions, prepare_quantization
+from llama_export.exporter.random_init import RandomCheckpoint
 from llama_export.graphs.quantize import QuantOptions
 
 ARGS = ModelArgs(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32)

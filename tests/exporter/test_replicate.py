@@ -11,11 +11,12 @@ import torch
 from export_helpers import batch_inputs, run_session
 
 from llama_export.config import ModelArgs
-from llama_export.exporter.checkpoints import RandomCheckpoint, load_model
+from llama_export.exporter.checkpoints import load_model
 from llama_export.exporter.export import _trace, trace_graph
+from llama_export.exporter.random_init import RandomCheckpoint
 from llama_export.exporter.replicate import block_nodes, replicate_block
-from llama_export.exporter.weights import is_meta
 from llama_export.graphs.passes import apply_target
+from llama_export.pending_weights import is_meta
 from llama_export.validate.runners import OrtRunner, TorchRunner
 
 GQA3 = ModelArgs(dim=64, n_layers=3, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32)

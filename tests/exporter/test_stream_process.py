@@ -11,10 +11,11 @@ from test_export_folder import PREVIOUS, InterruptingCheckpoint, previous_output
 
 from llama_export.config import ModelArgs
 from llama_export.exporter import weights
-from llama_export.exporter.checkpoints import RandomCheckpoint, open_checkpoint
+from llama_export.exporter.checkpoints import open_checkpoint
 from llama_export.exporter.export import export_to_folder
 from llama_export.exporter.meta_format import save_meta_checkpoint
 from llama_export.exporter.options import ExportOptions
+from llama_export.exporter.random_init import RandomCheckpoint
 from llama_export.exporter.stream_process import ProcessWeightStreamer
 
 ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32)

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from llama_export.config import ModelArgs
-from llama_export.exporter.checkpoints import RandomCheckpoint
 from llama_export.exporter.export import trace_graph
 from llama_export.exporter.model import Transformer
+from llama_export.exporter.random_init import RandomCheckpoint
 
 TINY_MHA = ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=128, multiple_of=32, max_seq_len=128)
 TINY_GQA = ModelArgs(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, multiple_of=32,

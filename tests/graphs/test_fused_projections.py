@@ -78,9 +78,9 @@ INT8_ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=20
 def test_int8_weights_fuse_and_ort_folds_them(tmp_path, method, fused_op):
     """int8 q/k/v and w1/w3 fuse as DQ(Concat(int8), Concat(scales)) → MatMul; ORT folds the Concats and makes
     one int8 kernel per fused MatMul (4 per layer instead of 7); the graph computes what the unfused one does."""
-    from llama_export.exporter.checkpoints import RandomCheckpoint
     from llama_export.exporter.export import export_onnx
     from llama_export.exporter.options import ExportOptions, prepare_quantization
+    from llama_export.exporter.random_init import RandomCheckpoint
 
     ckpt = RandomCheckpoint(INT8_ARGS, seed=1)
     quant = prepare_quantization(ckpt, method, samples=2)
@@ -107,9 +107,9 @@ def test_int8_weights_fuse_and_ort_folds_them(tmp_path, method, fused_op):
 def test_onnx_target_keeps_int8_per_projection_so_tensorrt_builds(tmp_path):
     """TensorRT takes an int8 constant only straight into a DequantizeLinear, and engines are built from the
     `onnx` target: there int8 weights are not concatenated, and TensorRT-RTX builds the graph."""
-    from llama_export.exporter.checkpoints import RandomCheckpoint
     from llama_export.exporter.export import export_onnx
     from llama_export.exporter.options import ExportOptions
+    from llama_export.exporter.random_init import RandomCheckpoint
 
     result = export_onnx(RandomCheckpoint(TINY_GQA, seed=1), tmp_path,
                          ExportOptions("int8-wo", target="onnx", float_dtype="fp16"))

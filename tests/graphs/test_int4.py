@@ -13,10 +13,10 @@ import torch
 from onnx import numpy_helper
 
 from llama_export.config import ModelArgs
-from llama_export.exporter.checkpoints import RandomCheckpoint
 from llama_export.exporter.export import export_to_folder
 from llama_export.exporter.model import Transformer
 from llama_export.exporter.options import ExportOptions, prepare_int4
+from llama_export.exporter.random_init import RandomCheckpoint
 from llama_export.exporter.sources import resolve_checkpoint
 from llama_export.graphs import int4
 from llama_export.validate.runners import WEIGHT_ONLY_INT8, KVSession, OrtRunner, TorchRunner

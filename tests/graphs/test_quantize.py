@@ -15,9 +15,10 @@ from click.testing import CliRunner
 from llama_export.cli import main
 from llama_export.config import ModelArgs
 from llama_export.errors import UserError
-from llama_export.exporter.checkpoints import RandomCheckpoint, load_model
+from llama_export.exporter.checkpoints import load_model
 from llama_export.exporter.export import export_to_folder
 from llama_export.exporter.options import ExportOptions, prepare_quantization
+from llama_export.exporter.random_init import RandomCheckpoint
 from llama_export.exporter.sources import TINY_ASSET, resolve_checkpoint
 from llama_export.graphs.calibration import calibration_windows, read_calibration_file
 from llama_export.graphs.quantize import quantize_per_channel

@@ -120,9 +120,9 @@ def rtx_engine_dir(tmp_path_factory) -> Path:
 
     from llama_export.engine.builder import build_engine
     from llama_export.engine.profiles import ProfileLimits
-    from llama_export.exporter.checkpoints import RandomCheckpoint
     from llama_export.exporter.export import export_to_folder
     from llama_export.exporter.options import ExportOptions
+    from llama_export.exporter.random_init import RandomCheckpoint
 
     folder = export_to_folder(RandomCheckpoint(SMALL, 0), tmp_path_factory.mktemp("rtx") / "small",
                               ExportOptions(opset=20), quiet=True)

@@ -16,9 +16,10 @@ from triton_server import TritonServer, ensure_venv, libpython_dir
 
 from llama_export.config import ModelArgs
 from llama_export.exporter.artifacts import load_manifest
-from llama_export.exporter.checkpoints import RandomCheckpoint, load_model, open_checkpoint
+from llama_export.exporter.checkpoints import load_model, open_checkpoint
 from llama_export.exporter.export import export_to_folder
 from llama_export.exporter.hf_format import hf_config, to_hf_state_dict
+from llama_export.exporter.random_init import RandomCheckpoint
 from llama_export.exporter.tokenization import load_tokenizer
 from llama_export.triton.repository import write_repository
 from llama_export.validate.generation import generate_tokens

@@ -29,8 +29,8 @@ def export_tiny(out: Path) -> Path:
     """The built-in tiny model through the export library; until its trained weights exist, `--size tiny
     --random-init` plus a stand-in tokenizer (listed in the manifest like any file)."""
     from llama_export.config import SIZES
-    from llama_export.exporter.checkpoints import RandomCheckpoint
     from llama_export.exporter.export import export_to_folder
+    from llama_export.exporter.random_init import RandomCheckpoint
     from llama_export.exporter.sources import resolve_checkpoint
 
     trained = (TINY_ASSET / "tokenizer.model").is_file() and any(TINY_ASSET.glob("*.safetensors"))

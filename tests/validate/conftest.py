@@ -13,9 +13,10 @@ import onnx
 import pytest
 
 from llama_export.config import SIZES
-from llama_export.exporter.checkpoints import RandomCheckpoint, file_sha256
+from llama_export.exporter.checkpoints import file_sha256
 from llama_export.exporter.export import export_to_folder
 from llama_export.exporter.options import ExportOptions
+from llama_export.exporter.random_init import RandomCheckpoint
 from llama_export.exporter.sources import TINY_ASSET, resolve_checkpoint
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from llama_export.config import ModelArgs
-from llama_export.exporter.checkpoints import RandomCheckpoint, load_model
+from llama_export.exporter.checkpoints import load_model
+from llama_export.exporter.random_init import RandomCheckpoint
 from llama_export.validate.runners import KVSession, TorchRunner, left_padded_position_ids
 
 CONFIGS = {

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from llama_export.exporter.artifacts import load_manifest
-from llama_export.exporter.checkpoints import RandomCheckpoint, load_model
+from llama_export.exporter.checkpoints import load_model
 from llama_export.exporter.export import export_to_folder
 from llama_export.exporter.options import ExportOptions
+from llama_export.exporter.random_init import RandomCheckpoint
 from llama_export.validate import compare, pipeline
 from llama_export.validate.blocks import split_graph
 from llama_export.validate.layers import TorchLayerRunner, ort_layer_runner

@@ -70,7 +70,8 @@ def test_cli_exit_codes_and_json(fp32_dir, perturbed_dir, tmp_path):
 def test_a_foreign_checkpoint_is_refused(fp32_dir, tmp_path):
     from llama_export.config import SIZES
     from llama_export.errors import UserError
-    from llama_export.exporter.checkpoints import RandomCheckpoint, save_checkpoint
+    from llama_export.exporter.checkpoints import save_checkpoint
+    from llama_export.exporter.random_init import RandomCheckpoint
 
     other = tmp_path / "other"
     save_checkpoint(RandomCheckpoint(SIZES["tiny"], seed=5).state_dict(), SIZES["tiny"], other)
