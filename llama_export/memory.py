@@ -39,7 +39,7 @@ WHOLE_VALIDATION_FP32_FACTOR = 1.17  # whole-model validation peak / fp32 weight
 # Layer-major validation: one block of every side at once (fp32 reference + candidate-dtype noise model + the
 # ORT piece, which casts fp16 weights to fp32 on CPU) and, before and after the blocks, the embedding / output
 # matrices in fp32 (+ the candidate dtype).
-STREAMED_BLOCK_FACTOR = 2.5  # × one block's fp32 weight bytes
+STREAMED_BLOCK_FACTOR = 1.7  # × one block's fp32 weight bytes (measured 1.28 for 7B shapes, 1.58 for llama2-70b)
 STREAMED_TABLE_FACTOR = 1.5  # × the output matrix's fp32 bytes
 
 
