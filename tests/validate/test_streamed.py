@@ -7,8 +7,8 @@ to 1e-6; in fp16 it rounds the hidden state to fp16 at every block boundary, whe
 keeps it in fp32 between the casts it inserts on CPU, so the two candidate runs differ by about as much as the
 candidate differs from the reference. Stated tolerance: fp32 — top-1 / top-5 equal, max |Δlogit| within 5e-5,
 KL within 1e-10 (both are rounding, ~1e-12), perplexities within 1e-6 relative, per-layer errors within 10%;
-fp16 — top-1 equal, and KL, perplexity Δ and each layer's error of the two ways differ by less than the fp16
-noise floor's own (the difference fp16 itself makes).
+fp16 — top-1 equal, and KL, perplexity Δ and each layer's error of the two ways differ by less than 5× the fp16
+noise floor's own (the difference fp16 itself makes; 5× is the gate's own allowance over the noise floor).
 """
 
 from __future__ import annotations
@@ -71,11 +71,11 @@ def assert_agree(folder):
         assert layer_errors["streamed"] == pytest.approx(layer_errors["whole"], rel=0.1)
     else:
         noise = compare.compare_logits(whole["reference"], whole["noise"], prompt)
-        assert abs(s["overall"]["kl"] - w["overall"]["kl"]) < noise["overall"]["kl"]
-        assert abs(s["perplexity"]["delta"] - w["perplexity"]["delta"]) < noise["perplexity"]["delta"]
+        assert abs(s["overall"]["kl"] - w["overall"]["kl"]) < 5 * noise["overall"]["kl"]
+        assert abs(s["perplexity"]["delta"] - w["perplexity"]["delta"]) < 5 * noise["perplexity"]["delta"]
         noise_layers = compare.compare_layers(whole["reference"], whole["noise"])
         for a, b, n in zip(layer_errors["streamed"], layer_errors["whole"], noise_layers):
-            assert abs(a - b) < n
+            assert abs(a - b) < 5 * n
 
 
 def test_streamed_matches_whole_fp32(fp32_dir):
