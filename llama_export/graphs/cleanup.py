@@ -10,20 +10,35 @@ from __future__ import annotations
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
-from onnxscript import rewriter
-from onnxscript.optimizer import _constant_folding
+from onnxscript import optimizer, rewriter
+from onnxscript.rewriter.rules import common as rules
 
 from ..pending_weights import is_meta
 
 WEIGHT_SIZE = 1024  # initializers at least this big are weights: never read them to fold
 
-# onnxscript's default rules minus those for ops a LLaMA graph never has (Conv, BatchNorm, Clip/Relu/Min/Max
-# chains, Scatter, Pad, Gemm bias) and SlicesSplit: each rule is tried on every node, and SlicesSplit, a
-# two-output pattern, indexes the whole graph on every try (quadratic: 2/3 of a `small` cleanup's 29 s). None
-# of them fires on the traced graphs (counted per rule over opsets 18/23, fp32/fp16, MHA/GQA).
-_NOT_IN_LLAMA = ("Conv", "BatchNorm", "Clip", "Relu", "Min", "Max", "Scatter", "Pad", "Gemm", "SlicesSplit")
-RULES = [rule for rule in rewriter._DEFAULT_REWRITE_RULES
-         if not any(op in (getattr(rule, "name", None) or "") for op in _NOT_IN_LLAMA)]
+# onnxscript's default rewrite rules (rewriter._DEFAULT_REWRITE_RULES, 0.7), in their order, named from its public
+# rules.common, minus those for ops a LLaMA graph never has (Conv, BatchNorm, Clip/Relu/Min/Max chains, Scatter,
+# Pad, Gemm bias) and SlicesSplit: each rule is tried on every node, and SlicesSplit, a two-output pattern,
+# indexes the whole graph on every try (quadratic: 2/3 of a `small` cleanup's 29 s). None of them fires on the
+# traced graphs (counted per rule over opsets 18/23, fp32/fp16, MHA/GQA).
+RULES = [
+    *rules.mul_by_1_rule.commute(), *rules.add_0_rule.commute(), rules.sub_0_rule, rules.div_by_1_rule,
+    rules.dropout_zero_rule, rules.dropout_inference_rule,
+    rules.two_reshapes_matmul_reshape_rule, rules.one_reshape_matmul_reshape_rule,
+    rules.cast_constant_of_shape_rule, rules.cast_constant_of_shape_without_value_rule,
+    rules.collapse_slice_rule, rules.collapse_slice2_rule, rules.materialize_reshape_shape_rule,
+    rules.cast_cast_rule, rules.no_op_cast_rule, rules.no_op_expand_rule, rules.flatten_to_reshape_rule,
+    rules.reshape_reshape_rule, rules.no_op_transpose_rule, rules.transpose_transpose_rule,
+    rules.unsqueeze_unsqueeze_rule, rules.squeeze_reshape_1d_rule,
+]
+
+
+class _FoldConstants(ir.passes.InPlacePass):
+    """onnxscript.optimizer.fold_constants (its default size limits) as a pass, skipping nodes that read weights."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return optimizer.fold_constants(model, onnx_shape_inference=True, should_fold=_reads_weight)
 
 
 def _reads_weight(node: ir.Node) -> bool | None:
@@ -44,12 +59,7 @@ def cleanup(model: ir.Model) -> int:
     passes = ir.passes.Sequential(
         ir.passes.PassManager(
             [
-                _constant_folding.FoldConstantsPass(
-                    shape_inference=True,
-                    input_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
-                    output_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT,
-                    should_fold=_reads_weight,
-                ),
+                _FoldConstants(),
                 # Identity, CastLike-to-same-type, Transpose∘Transpose, Reshape∘Reshape ... (no fusions)
                 rewriter.RewritePass(RULES),
                 common_passes.RemoveUnusedNodesPass(),
