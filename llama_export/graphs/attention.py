@@ -34,9 +34,10 @@ import math
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter import _ir_utils, pattern
+from onnxscript.rewriter import pattern
 
 from ..config import ModelArgs
+from .constants import is_scalar, scalar_value
 
 TARGET_OPS = {"onnx": "Attention", "ort": "MultiHeadAttention"}
 ONNX_ATTENTION_OPSET = 23
@@ -72,7 +73,7 @@ class AttentionRule(pattern.RewriteRuleClassBase):
         hd, heads, kv_heads = a.head_dim, a.n_heads, a.kv_heads
         if self.gqa != (heads != kv_heads):
             return result.fail("repeat_kv form does not match the model's head counts")
-        scale = _ir_utils.get_singleton_value(divisor)
+        scale = scalar_value(divisor)
         if not isinstance(scale, float) or not math.isclose(scale, math.sqrt(hd), rel_tol=1e-3):
             return result.fail(f"scores are not divided by sqrt(head_dim) = {math.sqrt(hd)}", divisor)
         for value, n in ((q, heads), (k, kv_heads), (v, kv_heads), (past_key, kv_heads)):
@@ -80,7 +81,7 @@ class AttentionRule(pattern.RewriteRuleClassBase):
                 return result.fail(f"not [batch, {n}, seq, {hd}]", value)
         if bias.dtype != ir.DataType.FLOAT or bias.shape is None or len(bias.shape) != 4 or bias.shape[1] != 1:
             return result.fail("mask is not an additive float32 [batch, 1, seq, total] bias", bias)
-        if self.gqa and not (_ir_utils.is_singleton_value(unsq_k, 2) and _ir_utils.is_singleton_value(unsq_v, 2)):
+        if self.gqa and not (is_scalar(unsq_k, 2) and is_scalar(unsq_v, 2)):
             return result.fail("repeat_kv does not unsqueeze the head axis")
         if self.cast:
             if q.dtype not in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16) or to_t.as_int() != q.dtype:

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import onnx
 import onnx_ir as ir
-from onnxscript.rewriter import _ir_utils, pattern
+from onnxscript.rewriter import pattern
 from onnxscript.rewriter.rules.fusion._rms_normalization import RmsNormFusion
 
 from ..plugins import spec
+from .constants import scalar_value
 
 TARGET_OPS = {"onnx": "RMSNormalization", "ort": "SimplifiedLayerNormalization", "plugin": spec.RMSNORM.name}
 
@@ -53,7 +54,7 @@ class RMSNormRule(RmsNormFusion):
         return result
 
     def rewrite(self, op, x, scale, epsilon, **_):
-        eps = float(_ir_utils.get_singleton_value(epsilon))
+        eps = float(scalar_value(epsilon))
         if self.target == "onnx":
             return op.RMSNormalization(x, scale, axis=-1, epsilon=eps, stash_type=ir.DataType.FLOAT)
         if self.target == "ort":

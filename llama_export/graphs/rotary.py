@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter import _ir_utils, pattern
+from onnxscript.rewriter import pattern
 
 from ..config import ModelArgs
 from ..plugins import spec
+from .constants import is_scalar
 from .rms_norm import plugin_attributes
 
 TARGET_OPS = {"onnx": "RotaryEmbedding", "ort": "RotaryEmbedding", "plugin": spec.ROTARY.name}
@@ -57,7 +58,7 @@ class RotaryRule(pattern.RewriteRuleClassBase):
 
     def check(self, context, x, position_ids, inv_freq, unsq2, unsq1, x1, out_dtype=None, **_):
         result = pattern.MatchResult()
-        if not _ir_utils.is_singleton_value(unsq2, 2) or not _ir_utils.is_singleton_value(unsq1, 1):
+        if not is_scalar(unsq2, 2) or not is_scalar(unsq1, 1):
             return result.fail("tables are not unsqueezed as [batch, 1, seq, head_dim]")
         if inv_freq.const_value is None:
             return result.fail("inv_freq is not a constant", inv_freq)
