@@ -26,3 +26,23 @@ def test_no_module_level_getattr_reexports():
                  if any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__"
                         for n in ast.parse(p.read_text()).body)]
     assert offenders == []
+
+
+def test_no_private_onnxscript_api():
+    """onnxscript's underscore modules and names change without notice; the package uses its public API only."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        aliases = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.Import)
+                   for a in n.names if a.name.startswith("onnxscript")}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("onnxscript"):
+                parts = node.module.split(".") + [a.name for a in node.names]
+                offenders += [f"{path.name}: from {node.module} import ..." for p in parts if p.startswith("_")][:1]
+            elif isinstance(node, ast.Import):
+                offenders += [f"{path.name}: import {a.name}" for a in node.names
+                              if a.name.startswith("onnxscript") and "._" in a.name]
+            elif (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                  and isinstance(node.value, ast.Name) and node.value.id in aliases | {"rewriter", "optimizer"}):
+                offenders.append(f"{path.name}: {node.value.id}.{node.attr}")
+    assert offenders == []

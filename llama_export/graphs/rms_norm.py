@@ -1,8 +1,9 @@
 """RMSNorm: `Pow(x32,2) → ReduceMean(-1) → Add(eps) → Sqrt → Reciprocal → Mul(x32) → [Cast back] → Mul(weight)`.
 
-The pattern is onnxscript's `RmsNormFusion` (rules/fusion/_rms_normalization.py), which matches exactly what our
-model.RMSNorm traces to after cleanup — fp32 without Casts, fp16/bf16 with `Cast(x, FLOAT)` in and
-`Cast(·, T)` out. We reuse its pattern and eps check and add what our targets need:
+The pattern is the one onnxscript's RmsNormFusion uses (rules/fusion/_rms_normalization.py), written here on the
+public `pattern.RewriteRuleClassBase`: it matches exactly what our model.RMSNorm traces to after cleanup — fp32
+without Casts, fp16/bf16 with `Cast(x, FLOAT)` in and `Cast(·, T)` out. The checks:
+- eps a float scalar; x and the weight of a float type;
 - ReduceMean over the last axis only (the pattern's constant [-1]); keepdims=1;
 - eps a constant scalar (a graph input or computed eps is refused);
 - the fp32 island is really fp32 and the cast goes back to x's own type; the weight is [hidden] of x's type.
@@ -18,7 +19,6 @@ from __future__ import annotations
 import onnx
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
-from onnxscript.rewriter.rules.fusion._rms_normalization import RmsNormFusion
 
 from ..plugins import spec
 from .constants import scalar_value
@@ -32,18 +32,31 @@ def plugin_attributes(op: str, inputs: int, **attrs) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute} | {"_domain": spec.DOMAIN}
 
 
-class RMSNormRule(RmsNormFusion):
-    def __init__(self, target: str, mul_order: bool):
-        super().__init__(f"RMSNorm[{target}]{'' if mul_order else '-scale-first'}", mul_order)
-        self.target = target
+FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
 
-    def check(self, context, x, scale, epsilon, compute_dtype, target_dtype, **rest) -> pattern.MatchResult:
-        result = super().check(context, x, scale, epsilon, compute_dtype, target_dtype, **rest)
-        if not result:
-            return result
+
+class RMSNormRule(pattern.RewriteRuleClassBase):
+    def __init__(self, target: str, mul_order: bool):
+        super().__init__(f"RMSNorm[{target}]{'' if mul_order else '-scale-first'}")
+        self.target, self.mul_order = target, mul_order
+
+    def pattern(self, op, x, scale, epsilon, compute_dtype, target_dtype):
+        x = pattern.OrValue([op.Cast(x, to=compute_dtype), x])
+        mean_square = op.ReduceMean(op.Pow(x, 2.0), [-1], keepdims=1, noop_with_empty_axes=0)
+        normalized = op.Mul(x, op.Reciprocal(op.Sqrt(op.Add(mean_square, epsilon))))
+        normalized = pattern.OrValue([op.Cast(normalized, to=target_dtype), normalized])
+        # the matcher takes no OrValue as the pattern's last node: one rule per operand order
+        return op.Mul(normalized, scale) if self.mul_order else op.Mul(scale, normalized)
+
+    def check(self, context, x, scale, epsilon, compute_dtype, target_dtype, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        if not isinstance(scalar_value(epsilon), float):
+            return result.fail("epsilon is not a float scalar", epsilon)
+        if x.dtype not in FLOAT_TYPES or scale.dtype not in FLOAT_TYPES:
+            return result.fail("x or the weight is not of a float type", x)
         if epsilon.const_value is None:
             return result.fail("epsilon is not a constant", epsilon)
-        if compute_dtype is not None and compute_dtype.as_int() != ir.DataType.FLOAT:
+        if (x.dtype if compute_dtype is None else compute_dtype.as_int()) != ir.DataType.FLOAT:
             return result.fail("normalisation does not run in float32", x)
         if target_dtype is not None and target_dtype.as_int() != x.dtype:
             return result.fail("the cast after normalising does not return to x's type", x)
