@@ -24,6 +24,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from process_memory import process_tree  # the benchmarks folder is not a package
+
 BLOCK = 64 << 20
 
 
@@ -54,18 +57,6 @@ def export_child(size: str, precision: str, out: Path) -> dict:
     return {"wall": wall, "peak_rss": peak_sum, "peak_rss_upper": sum(own_peaks.values()),
             "processes": len(own_peaks), "user": usage.ru_utime, "system": usage.ru_stime}
 
-
-def process_tree(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        try:
-            for task in os.listdir(f"/proc/{current}/task"):
-                todo += [int(c) for c in Path(f"/proc/{current}/task/{task}/children").read_text().split()]
-        except OSError:
-            pass
-    return found
 
 
 def read_status(pid: int) -> dict[str, int] | None:

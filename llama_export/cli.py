@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
 import click
 
+from .cli_options import FiniteFloat, export_options, model_options, utf8_prompts
 from .errors import Terminated, UserError, describe_os_error, terminate_as_interrupt
 
 
@@ -55,16 +55,6 @@ def main():
     """Export LLaMA-family models to ONNX, TensorRT engines and Triton model repositories."""
 
 
-def model_options(f):
-    """The options that choose a model's weights, shared by every command that loads one."""
-    f = click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random-init.")(f)
-    f = click.option("--random-init", is_flag=True, help="Random weights for --size (default for sizes other than tiny).")(f)
-    f = click.option("--checkpoint", type=click.Path(path_type=Path),
-                     help="Meta consolidated folder, Hugging Face folder, or llama-export safetensors folder.")(f)
-    f = click.option("--size", help="A named size (llama-export sizes). Default: the built-in tiny model.")(f)
-    return f
-
-
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 def sizes(as_json: bool):
@@ -84,75 +74,6 @@ def sizes(as_json: bool):
                       str(r["n_kv_heads"]), str(r["hidden_dim"]), str(r["vocab_size"]),
                       f"{r['rope_theta']:g}" + (" (scaled)" if r["rope_scaling"] else ""))
     Console(width=max(Console().width, 120)).print(table)
-
-
-class FiniteFloat(click.FloatRange):
-    """A float option that also refuses nan and inf (a range check lets nan through: every comparison is False)."""
-
-    name = "finite float"
-
-    def convert(self, value, param, ctx):
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return number
-
-
-def _utf8_prompts(_ctx, _param, values):
-    """Arguments that were not valid UTF-8 reach Python as lone surrogates; refuse them naming the option."""
-    for value in values:
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise UserError("--prompt is not valid UTF-8 text; pass the prompt as UTF-8") from None
-    return values
-
-
-def _nonempty_path(_ctx, param, value):
-    """`--out ""` (an unset shell variable) must not mean the current directory."""
-    if value is not None and not value.strip():
-        raise UserError(f"--{param.name} is empty (an unset shell variable?); name the folder to write")
-    return None if value is None else Path(value)
-
-
-def export_options(f):
-    """The options that shape the ONNX graph, shared by `export` and `build`."""
-    f = click.option("--quiet", is_flag=True, help="No progress output.")(f)
-    f = click.option("--target", type=click.Choice(["onnx", "ort", "plugin", "none"]), default="none",
-                     show_default=True,
-                     help="Fusion target (graphs/passes.py; `none` builds in every runtime, TensorRT included).")(f)
-    f = click.option("--force", is_flag=True,
-                     help="Replace --out even when it is not a llama-export output folder.")(f)
-    f = click.option("--allow-nonfinite", is_flag=True, help="Export weights holding NaN or Inf (refused by default).")(f)
-    f = click.option("--out", type=click.Path(), callback=_nonempty_path,
-                     help="Output folder (default: out/<size-or-checkpoint-name>-<precision>). An existing one is "
-                          "replaced only when it is a llama-export output (or with --force).")(f)
-    f = click.option("--opset", type=int, default=23, show_default=True, help="ONNX opset, 18 or newer.")(f)
-    f = click.option("--precision", default="fp32", show_default=True,
-                     help="fp32, fp16, bf16 (typed graph); int8-wo (int8 weights), int8 (W8A8, calibrated) or "
-                          "int4-wo (packed int4 weights, per-block scales; AWQ-calibrated by default).")(f)
-    return quantization_options(f)
-
-
-def quantization_options(f):
-    """int8 options. The float dtype is its own option rather than part of the precision name: precision stays
-    one of the five names the gate, manifest and design know, and --float-dtype composes with both int8 kinds."""
-    f = click.option("--float-dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
-                     help="int8/int4 precisions: dtype of activations, KV cache and unquantized weights [fp32].")(f)
-    f = click.option("--block-size", type=click.Choice(["32", "64", "128"]), default=None,
-                     help="int4-wo: input channels per scale [128].")(f)
-    f = click.option("--int4-method", type=click.Choice(["awq", "rtn"]), default=None,
-                     help="int4-wo: awq (scales and clipping searched on --calibration text) or rtn "
-                          "(round to nearest) [awq].")(f)
-    f = click.option("--calibration", type=click.Path(path_type=Path), default=None,
-                     help="int8 / int4-wo AWQ: UTF-8 text to calibrate on (default: the tiny model's training "
-                          "text).")(f)
-    f = click.option("--calibration-samples", type=click.IntRange(min=1), default=None,
-                     help="int8 / int4-wo AWQ: calibration windows (default 32, of min(512, context) tokens).")(f)
-    f = click.option("--alpha", type=FiniteFloat(), default=None, help="int8: SmoothQuant migration strength [0.5].")(f)
-    f = click.option("--quantize-lm-head", is_flag=True, help="int8/int4: also quantize the output projection.")(f)
-    f = click.option("--quantize-embeddings", is_flag=True, help="int8/int4: also quantize the embedding table.")(f)
-    return f
 
 
 def _with_quantization(options, ckpt, calibration, calibration_samples, alpha, quantize_lm_head,
@@ -200,7 +121,7 @@ def export(size, checkpoint, random_init, seed, precision, opset, target, out, q
 @main.command()
 @click.argument("folder", required=False, type=click.Path(path_type=Path))
 @model_options
-@click.option("--prompt", "prompts", required=True, multiple=True, callback=_utf8_prompts,
+@click.option("--prompt", "prompts", required=True, multiple=True, callback=utf8_prompts,
               help="Text to continue; repeat it to run several prompts as one batch (printed in order).")
 @click.option("--max-new-tokens", type=click.IntRange(min=0), default=64, show_default=True)
 @click.option("--temperature", type=FiniteFloat(min=0), default=0.0, show_default=True,

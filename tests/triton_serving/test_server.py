@@ -5,7 +5,6 @@ cancellation, custom metrics. Run alone with `pytest -m triton`."""
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import re
 import subprocess
@@ -13,13 +12,12 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from triton_server import TritonServer, ensure_venv, libpython_dir
+from triton_server import TritonServer, ensure_venv, libpython_dir, load_client_example
 from tritonclient.utils import InferenceServerException
 
 from llama_export.exporter.artifacts import load_manifest
@@ -33,15 +31,7 @@ PROMPT, NEW_TOKENS = "The for statement", 16
 REQUESTS, IN_FLIGHT, REQUEST_TIMEOUT = 200, 16, 60.0
 
 
-def _load_example():
-    path = Path(__file__).resolve().parents[2] / "examples" / "triton_client.py"
-    spec = importlib.util.spec_from_file_location("triton_client_example", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-client_example = _load_example()
+client_example = load_client_example()
 
 
 @pytest.fixture(scope="module")

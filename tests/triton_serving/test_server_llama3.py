@@ -4,15 +4,13 @@ tokenizes it. Run alone with `pytest -m triton`."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
-from pathlib import Path
 
 import pytest
 from safetensors.torch import save_file
 from tokenizer_folders import hf_llama3_tokenizer
-from triton_server import TritonServer, ensure_venv, libpython_dir
+from triton_server import TritonServer, ensure_venv, libpython_dir, load_client_example
 
 from llama_export.config import ModelArgs
 from llama_export.exporter.artifacts import load_manifest
@@ -29,15 +27,7 @@ pytestmark = pytest.mark.triton
 PROMPT, NEW_TOKENS = "def f(x):", 12
 
 
-def _client():
-    path = Path(__file__).resolve().parents[2] / "examples" / "triton_client.py"
-    spec = importlib.util.spec_from_file_location("triton_client_example", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-client = _client()
+client = load_client_example()
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,17 @@ PROBE = ("import pytriton, onnxruntime, sentencepiece, tokenizers, tiktoken, jin
          "assert numpy.__version__ < '2'")
 
 
+def load_client_example():
+    """examples/triton_client.py as a module: the tests drive the server through the client users are shown."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "triton_client.py"
+    spec = importlib.util.spec_from_file_location("triton_client_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _venv_python(venv: Path) -> Path:
     return venv / "bin" / "python"
 
