@@ -393,9 +393,15 @@ def markdown(summary: dict) -> str:
     rows = summary["rows"]
     by = {r["name"]: r for r in rows}
     peers = [r for r in rows if r["name"].startswith(("optimum", "genai")) and "fp32" in r["name"]]
-    best_peer = max(peers, key=lambda r: r["decode_tok_s"])
-    torch_eager = by["torch eager (HF LlamaForCausalLM)"]
-    own_fp32 = max((r for r in rows if r["name"].startswith("llama-export fp32")), key=lambda r: r["decode_tok_s"])
+    # --only may leave out any reference row: its ratio column is then empty instead of a crash after the run
+    best_peer = max(peers, key=lambda r: r["decode_tok_s"], default=None)
+    torch_eager = by.get("torch eager (HF LlamaForCausalLM)")
+    own_fp32 = max((r for r in rows if r["name"].startswith("llama-export fp32")), key=lambda r: r["decode_tok_s"],
+                   default=None)
+
+    def ratio(r: dict, reference: dict | None) -> str:
+        return f"{r['decode_tok_s'] / reference['decode_tok_s']:.2f}x" if reference else ""
+
     head = ("| configuration | export s | export peak RSS GB | prefill ms | decode tok/s | vs best fp32 peer | "
             "vs torch eager (HF) | vs own best fp32 | roofline tok/s | % of roofline | max abs Δlogit | top-1 |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -407,15 +413,13 @@ def markdown(summary: dict) -> str:
                                                else "")
         lines.append(
             f"| {r['name']} | {f('export_s', '.1f')} | {f('export_peak_rss_gb', '.2f')} | {r['prefill_ms']:.0f} | "
-            f"{r['decode_tok_s']:.1f} | {r['decode_tok_s'] / best_peer['decode_tok_s']:.2f}x | "
-            f"{r['decode_tok_s'] / torch_eager['decode_tok_s']:.2f}x | "
-            f"{r['decode_tok_s'] / own_fp32['decode_tok_s']:.2f}x | {f('roofline_tok_s', '.1f')} | "
+            f"{r['decode_tok_s']:.1f} | {ratio(r, best_peer)} | {ratio(r, torch_eager)} | "
+            f"{ratio(r, own_fp32)} | {f('roofline_tok_s', '.1f')} | "
             + (f"{100 * r['decode_tok_s'] / r['roofline_tok_s']:.0f} %" if "roofline_tok_s" in r else "")
             + f" | {f('max_abs_logit_diff', '.2e')} | {agree} |")
     if "genai int4" in by:  # the INT4 comparison: same checkpoint, same ORT, same run
-        genai_int4 = by["genai int4"]["decode_tok_s"]
-        lines += [f"\n{r['name']}: decode {r['decode_tok_s'] / genai_int4:.2f}x genai int4, "
-                  f"{r['decode_tok_s'] / own_fp32['decode_tok_s']:.2f}x own best fp32 ({own_fp32['name']})"
+        lines += [f"\n{r['name']}: decode {ratio(r, by['genai int4'])} genai int4"
+                  + (f", {ratio(r, own_fp32)} own best fp32 ({own_fp32['name']})" if own_fp32 else "")
                   for r in rows if r["name"].startswith("llama-export int4")]
     return "\n".join(lines)
 
