@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests" / "triton_serving"))  # the tests' tritons
 
 import tritonclient.grpc as grpcclient
 from cpu_decode import one_round
-from triton_server import TritonServer, ensure_venv
+from triton_server import TritonServer, ensure_venv, load_client_example
 
 from llama_export.config import get_size
 from llama_export.exporter import artifacts
@@ -47,6 +47,8 @@ from llama_export.exporter.tokenization import find_tokenizer
 from llama_export.triton import protocol
 from llama_export.triton.repository import write_repository
 from llama_export.validate.runners import OrtRunner
+
+CLIENT_EXAMPLE = load_client_example()  # examples/triton_client.py
 
 PROMPT_TOKENS = 32
 MIN_REQUESTS = 4  # per level: a single client sends several in turn
@@ -98,15 +100,9 @@ def bare_decode(folder: Path, prompt_ids: list[int], steps: int, threads: int, r
 
 
 def _inputs(prompt: str, new_tokens: int) -> list:
-    values = [(protocol.TEXT_INPUT, np.array([prompt.encode()], dtype=np.object_), "BYTES"),
-              (protocol.MAX_NEW_TOKENS, np.array([new_tokens], dtype=np.int32), "INT32"),
-              (protocol.STREAM, np.array([True]), "BOOL")]
-    tensors = []
-    for name, array, dtype in values:
-        tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-        tensor.set_data_from_numpy(array)
-        tensors.append(tensor)
-    return tensors
+    """A greedy streamed request, built by the example client users are shown (temperature 0)."""
+    return CLIENT_EXAMPLE._inputs(grpcclient, prompt, new_tokens, temperature=0.0, top_p=1.0, seed=0, stop=[],
+                                  stream=True)
 
 
 def client(url: str, model: str, prompt: str, new_tokens: int, requests: int, results: list) -> None:
