@@ -268,7 +268,7 @@ def copy_tokenizer(checkpoint: Checkpoint, folder: Path) -> dict | None:
 
 @contextlib.contextmanager
 def progress_bar(checkpoint: Checkpoint, quiet: bool):
-    """A rich bar over tensors on stderr, or a no-op when quiet."""
+    """A rich bar over tensors when stderr is a terminal (erased if the export fails), else a no-op."""
     if quiet:
         yield None
         return
@@ -277,13 +277,21 @@ def progress_bar(checkpoint: Checkpoint, quiet: bool):
 
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("{task.fields[tensor]}"))
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+    console = Console(stderr=True)
+    # Only on a terminal: on a pipe rich prints just the last frame when it stops, which after a failure would sit
+    # above the one-line error that scripts parse.
+    with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as bar:
         task = bar.add_task("tracing", total=len(checkpoint.names()), tensor="")
 
         def advance(name: str) -> None:
             bar.update(task, advance=1, description="weights", tensor=name)
 
-        yield advance
+        try:
+            yield advance
+        except BaseException:
+            # A failed or interrupted export ends in a one-line error: erase the bar rather than leave it above.
+            bar.live.transient = True
+            raise
 
 
 def _version() -> str:
