@@ -8,8 +8,8 @@ lists each measurement behind them.
 
 The limit is the smallest of: LLAMA_EXPORT_MEMORY_LIMIT (bytes, or with a K/M/G/T suffix: for tests and for
 users who want to leave room for other work), the headroom of this process's memory cgroup and its ancestors
-(v2: memory.max − memory.current; v1: memory.limit_in_bytes − memory.usage_in_bytes), and /proc/meminfo's
-MemAvailable.
+(v2: memory.max − memory.current; v1: memory.limit_in_bytes − memory.usage_in_bytes; in both, the cgroup's file
+page cache counts as free, since the kernel reclaims it before it OOM-kills), and /proc/meminfo's MemAvailable.
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ def parse_size(text: str) -> int:
 
 def _cgroup_headroom() -> tuple[int, str] | None:
     """The smallest limit − usage over this process's memory cgroup and its ancestors: cgroup v2 (memory.max,
-    memory.current) or v1 (memory.limit_in_bytes, memory.usage_in_bytes; "unlimited" is a huge number there)."""
+    memory.current) or v1 (memory.limit_in_bytes, memory.usage_in_bytes; "unlimited" is a huge number there).
+    Usage leaves out the cgroup's file page cache (memory.stat): hashing a 13 GB export fills a 4 GB cgroup with
+    cache that the kernel reclaims on demand, and counting it as used refused validation for want of memory."""
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
@@ -83,9 +85,10 @@ def _cgroup_headroom() -> tuple[int, str] | None:
     v1 = next((line.split(":", 2)[2] for line in lines if line.split(":")[1:2] == ["memory"]), None)
     if v1 is not None:
         root, files = Path("/sys/fs/cgroup/memory"), ("memory.limit_in_bytes", "memory.usage_in_bytes")
-        path = v1
+        cache_keys, path = ("total_active_file", "total_inactive_file"), v1
     else:
         root, files = Path("/sys/fs/cgroup"), ("memory.max", "memory.current")
+        cache_keys = ("active_file", "inactive_file")
         path = next((line.split("::", 1)[1] for line in lines if line.startswith("0::")), None)
         if path is None:
             return None
@@ -98,12 +101,22 @@ def _cgroup_headroom() -> tuple[int, str] | None:
         except (OSError, ValueError):
             maximum = None
         if maximum is not None and maximum < 1 << 60:
-            headroom = maximum - current
+            in_use = max(0, current - _file_cache(folder / "memory.stat", cache_keys))
+            headroom = maximum - in_use
             if best is None or headroom < best[0]:
-                best = (headroom, f"cgroup {folder.name} limit {maximum / GB:.1f} GB, {current / GB:.1f} GB in use")
+                best = (headroom, f"cgroup {folder.name} limit {maximum / GB:.1f} GB, {in_use / GB:.1f} GB in use")
         if folder == root or folder.parent == folder:
             return best
         folder = folder.parent
+
+
+def _file_cache(stat: Path, keys: tuple[str, ...]) -> int:
+    """Bytes of file page cache charged to a cgroup (the LRU file lists; tmpfs/shmem pages are on the anon lists)."""
+    try:
+        fields = dict(line.split() for line in stat.read_text().splitlines() if line.count(" ") == 1)
+        return sum(int(fields.get(key, 0)) for key in keys)
+    except (OSError, ValueError):
+        return 0
 
 
 def _mem_available() -> int | None:

@@ -1,0 +1,58 @@
+"""The memory planner's limit inside a real capped cgroup: file page cache the cgroup filled is not "in use"."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MB = 1 << 20
+
+CHILD = """
+import os, sys
+from llama_export import memory
+with open(sys.argv[1], "wb") as f:  # page cache charged to this cgroup, made clean (reclaimable) by fsync
+    for _ in range(int(sys.argv[2])):
+        f.write(os.urandom(1 << 20))
+    f.flush(); os.fsync(f.fileno())
+headroom, source = memory._cgroup_headroom()
+print(headroom, source)
+"""
+
+
+def capped_cgroup(cap: int) -> Path:
+    spec = importlib.util.spec_from_file_location("process_memory", ROOT / "benchmarks" / "process_memory.py")
+    process_memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(process_memory)
+    try:
+        folder, _ = process_memory.make_cgroup(cap)
+    except OSError as error:
+        pytest.skip(f"cannot create a memory cgroup here (needs root and a writable cgroup fs): {error}")
+    return folder
+
+
+def test_cgroup_file_cache_counts_as_headroom(tmp_path):
+    cap, written = 768 * MB, 400 * MB
+    folder = capped_cgroup(cap)
+    try:
+        done = subprocess.run(
+            ["sh", "-c", f'echo $$ > "{folder / "cgroup.procs"}" && exec "$@"', "sh",
+             sys.executable, "-c", CHILD, str(tmp_path / "cache.bin"), str(written // MB)],
+            check=False, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        (tmp_path / "cache.bin").unlink(missing_ok=True)  # frees the cache, so the empty cgroup can be removed
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+    assert done.returncode == 0, done.stderr
+    headroom = int(done.stdout.split()[0])
+    # The child's interpreter and imports take well under 150 MB; the 400 MB of clean cache must not count, or the
+    # headroom would be below cap - 400 MB.
+    assert cap - 150 * MB < headroom <= cap, done.stdout
+    assert folder.name in done.stdout
