@@ -1,17 +1,13 @@
-"""The tiny model's export folder for the Triton tests (trained asset, or random weights + stand-in tokenizer)."""
+"""The tiny model's export folder for the Triton tests, and a stand-in tokenizer for random-weight models."""
 
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
-
-from llama_export.exporter import artifacts
-from llama_export.exporter.sources import TINY_ASSET
 
 
 def train_stand_in_tokenizer(vocab_size: int) -> bytes:
-    """A SentencePiece model on Python's help topics (offline, ~2 s), for a random-weight export. Its vocabulary
+    """A SentencePiece model on Python's help topics (offline), for a random-weight export. Its vocabulary
     equals the model's so every id a random model emits decodes."""
     import pydoc_data.topics
 
@@ -26,21 +22,8 @@ def train_stand_in_tokenizer(vocab_size: int) -> bytes:
 
 
 def export_tiny(out: Path) -> Path:
-    """The built-in tiny model through the export library; until its trained weights exist, `--size tiny
-    --random-init` plus a stand-in tokenizer (listed in the manifest like any file)."""
-    from llama_export.config import SIZES
+    """The built-in trained tiny model (with its tokenizer) through the export library."""
     from llama_export.exporter.export import export_to_folder
-    from llama_export.exporter.random_init import RandomCheckpoint
     from llama_export.exporter.sources import resolve_checkpoint
 
-    trained = (TINY_ASSET / "tokenizer.model").is_file() and any(TINY_ASSET.glob("*.safetensors"))
-    checkpoint = resolve_checkpoint() if trained else RandomCheckpoint(SIZES["tiny"], seed=0)
-    folder = export_to_folder(checkpoint, out, quiet=True)
-    if not (folder / "tokenizer.model").is_file():
-        (folder / "tokenizer.model").write_bytes(train_stand_in_tokenizer(SIZES["tiny"].vocab_size))
-        manifest = json.loads((folder / artifacts.MANIFEST).read_text())
-        manifest.pop("files", None)
-        manifest["tokenizer"] = {"kind": "sentencepiece", "files": ["tokenizer.model"]}
-        artifacts.write_manifest(folder, manifest)
-    return folder
-
+    return export_to_folder(resolve_checkpoint(), out, quiet=True)

@@ -1,6 +1,4 @@
-"""Exported tiny models for the validation tests, built once per session (an export takes ~20 s).
-
-The built-in trained tiny model when its weights exist, else random weights of the same size."""
+"""Exported tiny models for the validation tests (the built-in trained tiny model), built once per session."""
 
 from __future__ import annotations
 
@@ -12,18 +10,10 @@ import numpy as np
 import onnx
 import pytest
 
-from llama_export.config import SIZES
 from llama_export.exporter.checkpoints import file_sha256
 from llama_export.exporter.export import export_to_folder
 from llama_export.exporter.options import ExportOptions
-from llama_export.exporter.random_init import RandomCheckpoint
-from llama_export.exporter.sources import TINY_ASSET, resolve_checkpoint
-
-
-def tiny_checkpoint():
-    if (TINY_ASSET / "model.safetensors").is_file():
-        return resolve_checkpoint()
-    return RandomCheckpoint(SIZES["tiny"], seed=0)
+from llama_export.exporter.sources import resolve_checkpoint
 
 
 def perturb_initializer(folder: Path, name: str, scale: float, seed: int = 0) -> None:
@@ -53,7 +43,7 @@ def exports(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def fp32_dir(exports) -> Path:
-    return export_to_folder(tiny_checkpoint(), exports / "tiny-fp32", ExportOptions("fp32"), quiet=True)
+    return export_to_folder(resolve_checkpoint(), exports / "tiny-fp32", ExportOptions("fp32"), quiet=True)
 
 
 @pytest.fixture(scope="session")
@@ -68,4 +58,4 @@ def perturbed_dir(fp32_dir, exports) -> Path:
 
 @pytest.fixture(scope="session")
 def fp16_dir(exports) -> Path:
-    return export_to_folder(tiny_checkpoint(), exports / "tiny-fp16", ExportOptions("fp16"), quiet=True)
+    return export_to_folder(resolve_checkpoint(), exports / "tiny-fp16", ExportOptions("fp16"), quiet=True)
