@@ -7,19 +7,11 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from conftest import TINY_GQA, TINY_MHA, exported, save
-from test_rules import _feeds
+from graph_helpers import TINY_GQA, TINY_MHA, cleaned, random_feeds, save
 
 from llama_export.config import ModelArgs
-from llama_export.graphs import cleanup
 from llama_export.graphs.fused_projections import fuse_group, fuse_projections
 from llama_export.validate.runners import OrtRunner
-
-
-def _cleaned(args, precision="fp32") -> ir.Model:
-    model = exported(args, precision)
-    cleanup.cleanup(model)
-    return model
 
 
 def _ops(model: ir.Model, op: str) -> int:
@@ -28,15 +20,15 @@ def _ops(model: ir.Model, op: str) -> int:
 
 def _run(model: ir.Model, path, args, dtype=np.float32) -> dict[str, np.ndarray]:
     runner = OrtRunner(save(model, path), args, graph_optimization_level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    return runner.run(_feeds(args, dtype=dtype))
+    return runner.run(random_feeds(args, dtype=dtype))
 
 
 @pytest.mark.parametrize("args", [TINY_MHA, TINY_GQA], ids=["mha", "gqa"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_fires_twice_per_layer_and_keeps_outputs(tmp_path, args, precision):
     dtype = np.float32 if precision == "fp32" else np.float16
-    before = _run(_cleaned(args, precision), tmp_path / "before.onnx", args, dtype)
-    model = _cleaned(args, precision)
+    before = _run(cleaned(args, precision), tmp_path / "before.onnx", args, dtype)
+    model = cleaned(args, precision)
     matmuls = _ops(model, "MatMul")
     assert fuse_projections(model, args.n_layers) == 2 * args.n_layers
     # 7 projections per layer become 4 (qkv, wo, w1w3, w2): 3 MatMuls fewer per layer, one Split per group.
@@ -49,7 +41,7 @@ def test_fires_twice_per_layer_and_keeps_outputs(tmp_path, args, precision):
 
 
 def test_refuses_siblings_that_do_not_share_the_input():
-    model = _cleaned(TINY_GQA)
+    model = cleaned(TINY_GQA)
     graph = model.graph
     wk_matmul = next(u.node for u in next(u.node for u in graph.initializers["layers.0.attention.wk.weight"].uses())
                      .outputs[0].uses())
@@ -60,7 +52,7 @@ def test_refuses_siblings_that_do_not_share_the_input():
 
 
 def test_refuses_a_weight_with_a_second_reader():
-    model = _cleaned(TINY_GQA)
+    model = cleaned(TINY_GQA)
     graph = model.graph
     wv = graph.initializers["layers.1.attention.wv.weight"]
     extra = ir.node("Identity", [wv])
@@ -99,7 +91,7 @@ def test_int8_weights_fuse_and_ort_folds_them(tmp_path, method, fused_op):
     assert sum(node.op_type == fused_op for node in optimized.graph.node) == 4 * n
     off = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the graphs' own arithmetic (W8A8 on AVX2: test_quantize)
     outputs = {t: OrtRunner(tmp_path / t / "model.onnx", INT8_ARGS, graph_optimization_level=off)
-               .run(_feeds(INT8_ARGS)) for t in results}
+               .run(random_feeds(INT8_ARGS)) for t in results}
     for key, ref in outputs["none"].items():
         np.testing.assert_allclose(outputs["ort"][key], ref, atol=1e-4, rtol=0, err_msg=key)
 

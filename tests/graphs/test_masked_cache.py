@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import TINY_GQA, exported, save, torch_model
+from graph_helpers import TINY_GQA, exported, save, torch_model
 
 from llama_export import io_spec
 from llama_export.graphs import apply_target

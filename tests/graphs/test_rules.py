@@ -7,20 +7,13 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from conftest import TINY_GQA, TINY_MHA, exported, save
+from graph_helpers import TINY_GQA, TINY_MHA, cleaned, exported, random_feeds, save
 
-from llama_export import io_spec
 from llama_export.graphs import attention, cleanup, rms_norm, rotary, skip_norm
 from llama_export.graphs.passes import FusionCountError, apply_target
 from llama_export.validate.runners import OrtRunner
 
 L = TINY_GQA.n_layers
-
-
-def _cleaned(args=TINY_GQA, precision="fp32", opset=23) -> ir.Model:
-    model = exported(args, precision, opset)
-    cleanup.cleanup(model)
-    return model
 
 
 def _count(model: ir.Model, op_type: str) -> int:
@@ -33,21 +26,9 @@ def _apply(model: ir.Model, ruleset) -> int:
     return count
 
 
-def _feeds(args, batch=2, seq=5, past=3, dtype=np.float32) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    kv = (batch, args.kv_heads, past, args.head_dim)
-    mask = np.ones((batch, past + seq), dtype=np.int64)
-    mask[1, :2] = 0
-    feeds = {io_spec.INPUT_IDS: rng.integers(0, args.vocab_size, (batch, seq)),
-             io_spec.POSITION_IDS: np.tile(np.arange(past, past + seq), (batch, 1)),
-             io_spec.ATTENTION_MASK: mask}
-    feeds |= {name: rng.standard_normal(kv).astype(dtype) for name in io_spec.past_names(args.n_layers)}
-    return feeds
-
-
 def _run(model: ir.Model, path, args) -> dict[str, np.ndarray]:
     runner = OrtRunner(save(model, path), args, graph_optimization_level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    return runner.run(_feeds(args))
+    return runner.run(random_feeds(args))
 
 
 RULES = {  # name -> (ruleset factory(target, args), targets, expected count(args))
@@ -62,8 +43,8 @@ CASES = [(name, target) for name, (_, targets, _) in RULES.items() for target in
 @pytest.mark.parametrize("args", [TINY_MHA, TINY_GQA], ids=["mha", "gqa"])
 def test_rule_fires_and_keeps_outputs(tmp_path, name, target, args):
     make, _, expected = RULES[name]
-    before = _run(_cleaned(args), tmp_path / "before.onnx", args)
-    model = _cleaned(args)
+    before = _run(cleaned(args), tmp_path / "before.onnx", args)
+    model = cleaned(args)
     if target == "plugin":
         from llama_export.graphs.passes import _attach_functions
 
@@ -78,8 +59,8 @@ def test_rule_fires_and_keeps_outputs(tmp_path, name, target, args):
 
 def test_skip_rms_norm_fires_on_residual_norms(tmp_path):
     args = TINY_GQA
-    before = _run(_cleaned(args), tmp_path / "before.onnx", args)
-    model = _cleaned(args)
+    before = _run(cleaned(args), tmp_path / "before.onnx", args)
+    model = cleaned(args)
     assert _apply(model, rms_norm.rules("ort")) == 2 * L + 1
     assert _apply(model, skip_norm.rules()) == 2 * L  # every norm but the first reads a residual Add
     after = _run(model, tmp_path / "after.onnx", args)
@@ -90,10 +71,10 @@ def test_skip_rms_norm_fires_on_residual_norms(tmp_path):
 @pytest.mark.parametrize("opset", [18, 20, 22])
 def test_rules_fire_at_older_opsets(opset):
     """The decomposed forms are the same at opsets 18–22 (the `onnx` target itself needs 23)."""
-    model = _cleaned(TINY_GQA, "fp32", opset)
+    model = cleaned(TINY_GQA, "fp32", opset)
     assert _apply(model, rms_norm.rules("plugin")) == 2 * L + 1
     assert _apply(model, rotary.rules("plugin", TINY_GQA)) == 2 * L
-    model = _cleaned(TINY_GQA, "fp32", opset)
+    model = cleaned(TINY_GQA, "fp32", opset)
     assert _apply(model, rotary.rules("ort", TINY_GQA)) == 2 * L
     assert _apply(model, attention.rules("ort", TINY_GQA, opset)) == L
     assert _count(model, "MultiHeadAttention") == L and _count(model, "Attention") == 0  # no ONNX Attention < 23
@@ -104,7 +85,7 @@ def test_rules_fire_at_older_opsets(opset):
 def test_ort_attention_op_avoids_repeating_the_cache(args, op):
     """`ort` at opset 23: GQA gets ONNX Attention (reads n_kv_heads; MHA would need the cache Expanded to
     n_heads every step), MHA models keep com.microsoft MultiHeadAttention."""
-    model = _cleaned(args, "fp32", 23)
+    model = cleaned(args, "fp32", 23)
     assert _apply(model, attention.rules("ort", args, 23)) == args.n_layers
     cleanup.remove_unused(model)
     assert _count(model, op) == args.n_layers and _count(model, "Expand") == 0
@@ -113,10 +94,10 @@ def test_ort_attention_op_avoids_repeating_the_cache(args, op):
 @pytest.mark.parametrize("precision", ["fp16"])
 def test_rules_fire_through_casts(precision):
     for target in ("onnx", "plugin"):
-        model = _cleaned(TINY_GQA, precision)
+        model = cleaned(TINY_GQA, precision)
         assert _apply(model, rms_norm.rules(target)) == 2 * L + 1
         assert _apply(model, rotary.rules(target, TINY_GQA)) == 2 * L
-    model = _cleaned(TINY_GQA, precision)
+    model = cleaned(TINY_GQA, precision)
     assert _apply(model, attention.rules("onnx", TINY_GQA)) == L
 
 
@@ -140,13 +121,13 @@ def _graph_input(model: ir.Model, like: ir.Value, name: str) -> ir.Value:
 
 
 def test_rms_norm_refuses_other_axis():
-    model = _cleaned()
+    model = cleaned(TINY_GQA)
     _first(model, "ReduceMean").replace_input_with(1, _constant(model, np.array([1], np.int64), "axis_1"))
     assert _apply(model, rms_norm.rules("onnx")) == 2 * L
 
 
 def test_rms_norm_refuses_eps_from_graph_input():
-    model = _cleaned()
+    model = cleaned(TINY_GQA)
     add = next(n for n in model.graph if n.op_type == "Add" and n.inputs[0].producer() is not None
                and n.inputs[0].producer().op_type == "ReduceMean")
     add.replace_input_with(1, _graph_input(model, add.inputs[1], "eps"))
@@ -154,7 +135,7 @@ def test_rms_norm_refuses_eps_from_graph_input():
 
 
 def test_rotary_refuses_cos_from_other_source():
-    model = _cleaned()
+    model = cleaned(TINY_GQA)
     cos = _first(model, "Cos").outputs[0]
     mul = next(u.node for u in cos.uses())
     mul.replace_input_with(1, _graph_input(model, cos, "other_cos"))
@@ -162,14 +143,14 @@ def test_rotary_refuses_cos_from_other_source():
 
 
 def test_rotary_refuses_uneven_split():
-    model = _cleaned()
+    model = cleaned(TINY_GQA)
     split = _first(model, "Split")
     split.attributes["axis"] = ir.AttrInt64("axis", 2)
     assert _apply(model, rotary.rules("plugin", TINY_GQA)) == 2 * L - 1
 
 
 def test_attention_refuses_wrong_scale():
-    model = _cleaned()
+    model = cleaned(TINY_GQA)
     _first(model, "Div").replace_input_with(1, _constant(model, np.array(3.0, np.float32), "not_sqrt_hd"))
     assert _apply(model, attention.rules("onnx", TINY_GQA)) == L - 1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import TINY_GQA, TINY_MHA, decode_logits, exported, ops, save, torch_model
+from graph_helpers import TINY_GQA, TINY_MHA, decode_logits, exported, ops, save, torch_model
 
 from llama_export.config import SIZES
 from llama_export.graphs import apply_target
@@ -74,8 +74,15 @@ def test_plugin_target_in_reference_evaluator(prompt):
     _compare(reference, decode_logits(EvaluatorRunner(), prompt, STEPS), 1e-4)
 
 
-def test_fp16_graphs_fuse_and_keep_fp32_islands(tmp_path, prompt):
+def test_fp16_graphs_fuse_keep_fp32_islands_and_match_torch(tmp_path, prompt):
+    """Every fused fp16 graph runs in ORT and is as close to the fp32 reference as Torch's own fp16 model is: at
+    most 3x Torch's fp16-vs-fp32 distance over prefill + 4 decode steps (fp16 rounding of weights, matmuls and the
+    KV cache; kernels accumulate differently)."""
     args = TINY_GQA
+    reference = decode_logits(TorchRunner(torch_model(args)), prompt, 4)
+    torch_fp16 = decode_logits(TorchRunner(torch_model(args, "fp16")), prompt, 4)
+    torch_error = max(np.abs(ref16.astype(np.float32) - ref).max() for ref16, ref in zip(torch_fp16, reference))
+    assert 0 < torch_error < 0.01 * max(np.abs(ref).max() for ref in reference)
     for target in ("onnx", "ort", "plugin"):
         model, counts = apply_target(exported(args, "fp16"), args, target)
         found = ops(model)
@@ -87,17 +94,17 @@ def test_fp16_graphs_fuse_and_keep_fp32_islands(tmp_path, prompt):
         if target in ("onnx", "ort"):  # rotary runs on Cast(x, FLOAT) with fp32 caches
             rope = [n for n in model.graph if n.op_type == "RotaryEmbedding"]
             assert all(n.inputs[0].dtype == 1 for n in rope), found
-        if target == "ort":
-            continue  # ORT CPU has no fp16 SimplifiedLayerNormalization-with-skip path worth testing here
         runner = OrtRunner(save(model, tmp_path / f"{target}.onnx"), args)
-        reference = decode_logits(TorchRunner(torch_model(args, "fp16")), prompt, 4)
+        assert runner.kv_dtype == np.float16
         actual = decode_logits(runner, prompt, 4)
-        for ref, got in zip(reference, actual):
-            np.testing.assert_allclose(got.astype(np.float32), ref.astype(np.float32), atol=2e-2, rtol=0)
+        for step, (ref, got) in enumerate(zip(reference, actual)):
+            error = np.abs(got.astype(np.float32) - ref).max()
+            assert np.isfinite(got).all() and error <= 3 * torch_error, (target, step, error, torch_error)
 
 
 def test_tiny_size_all_targets(tmp_path, prompt):
-    """SIZES['tiny'] (random init until the trained asset lands): every target within 1e-4 of Torch."""
+    """SIZES['tiny']'s shapes with random weights: every target within 1e-4 of Torch (the trained asset:
+    tests/exporter/test_export.py)."""
     args = SIZES["tiny"]
     reference = decode_logits(TorchRunner(torch_model(args)), prompt, STEPS)
     for target in ("onnx", "ort", "none", "plugin"):
