@@ -1,14 +1,17 @@
-"""Shared by the export tests: a state-dict checkpoint, and a prefill + decode run through any runner."""
+"""Shared by the export tests: a state-dict checkpoint, a checkpoint interrupted mid-stream, a previous output
+folder, and a prefill + decode run through any runner."""
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from llama_export.config import ModelArgs
 from llama_export.exporter.checkpoints import Checkpoint
+from llama_export.exporter.random_init import RandomCheckpoint
 from llama_export.validate.runners import KVSession, Runner
 
 PROMPT_LEN, DECODE_STEPS = 7, 16
@@ -29,6 +32,23 @@ class DictCheckpoint(Checkpoint):
         for name in self.names():
             digest.update(name.encode() + self.state[name].float().numpy().tobytes())
         return digest.hexdigest()
+
+
+class InterruptingCheckpoint(RandomCheckpoint):
+    """Raises KeyboardInterrupt (what SIGINT raises) after a few tensors, i.e. while weights stream."""
+
+    def tensor(self, name: str, dtype: torch.dtype = torch.float32, buffers=None) -> torch.Tensor:
+        if name == "layers.1.attention.wq.weight":
+            raise KeyboardInterrupt
+        return super().tensor(name, dtype, buffers)
+
+
+PREVIOUS = '{"previous": true, "tool": {"name": "llama-export"}}'
+
+
+def previous_output(folder: Path) -> None:
+    folder.mkdir()
+    (folder / "manifest.json").write_text(PREVIOUS)  # marked as llama-export's: a rerun may replace it
 
 
 def batch_inputs(vocab: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

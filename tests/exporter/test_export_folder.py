@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
+from export_helpers import PREVIOUS, InterruptingCheckpoint, previous_output
 
 from llama_export.cli import main
 from llama_export.config import ModelArgs
@@ -23,23 +23,6 @@ from llama_export.exporter.options import ExportOptions
 from llama_export.exporter.random_init import RandomCheckpoint
 
 ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32)
-
-
-class InterruptingCheckpoint(RandomCheckpoint):
-    """Raises KeyboardInterrupt (what SIGINT raises) after a few tensors, i.e. while weights stream."""
-
-    def tensor(self, name: str, dtype: torch.dtype = torch.float32, buffers=None) -> torch.Tensor:
-        if name == "layers.1.attention.wq.weight":
-            raise KeyboardInterrupt
-        return super().tensor(name, dtype, buffers)
-
-
-PREVIOUS = '{"previous": true, "tool": {"name": "llama-export"}}'
-
-
-def previous_output(folder: Path) -> None:
-    folder.mkdir()
-    (folder / "manifest.json").write_text(PREVIOUS)  # marked as llama-export's: a rerun may replace it
 
 
 def test_interrupt_while_streaming_keeps_the_previous_folder_and_cleans_up(tmp_path):
