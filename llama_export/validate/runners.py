@@ -7,12 +7,14 @@ not per backend.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from .. import io_spec
 from ..config import ModelArgs
+from ..errors import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -44,6 +46,8 @@ class TorchRunner:
 
         n = self.args.n_layers
         tensors = [torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in io_spec.input_names(n)]
+        # numpy has no bfloat16: a bf16 model's cache travels as float32 (exact) and goes back to bf16 here
+        tensors = [t.to(self.dtype) if t.is_floating_point() else t for t in tensors]
         with torch.no_grad():
             outputs = self.model(*tensors)
         return {name: t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
@@ -108,6 +112,29 @@ class KVSession:
         return outputs[io_spec.LOGITS]
 
 
+def cpu_session(model, options, shown: str):
+    """An ORT CPUExecutionProvider session for `model` (a path or serialized bytes). A graph ORT has no CPU kernel
+    for (a bf16 graph's Mul/MatMul/...) is a UserError naming the op and node, not ORT's traceback: the user
+    picked a precision this backend does not run, and another precision does."""
+    import onnxruntime as ort
+    from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
+
+    try:
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except OrtNotImplemented as exc:
+        raise UserError(f"ONNX Runtime {ort.__version__} (CPU) cannot run {shown}: {_missing_kernel(str(exc))}; "
+                        "export another precision (fp32, fp16) to run it on CPU") from None
+
+
+def _missing_kernel(message: str) -> str:
+    """ORT's "Could not find an implementation for Mul(14) node with name 'x'" as "no kernel for Mul(14) (node
+    'x')"; any other NOT_IMPLEMENTED message as its first line, without ORT's status prefix."""
+    found = re.search(r"Could not find an implementation for (\S+) node with name '([^']*)'", message)
+    if found:
+        return f"no kernel for {found[1]} (node '{found[2]}') with this graph's types"
+    return message.strip().splitlines()[0].split("NOT_IMPLEMENTED : ")[-1]
+
+
 # ORT session config: MatMulNBits made from int8- or int4-weight DQ → MatMul computes in fp32 (the graph's semantics).
 WEIGHT_ONLY_INT8 = {"session.qdq_matmulnbits_accuracy_level": "0"}
 
@@ -153,7 +180,7 @@ class OrtRunner:
             options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                              str(external_data_dir))
         model = model_path if isinstance(model_path, bytes) else str(model_path)
-        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(model, options, "the edited model" if isinstance(model, bytes) else model)
         self.args = args
         types = {i.name: i.type for i in self.session.get_inputs()}
         self.kv_dtype = ort_numpy_dtype(types[io_spec.past_key(0)])

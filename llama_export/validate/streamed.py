@@ -27,7 +27,7 @@ from .. import io_spec
 from ..config import ModelArgs
 from .blocks import Piece, SplitGraph
 from .compare import Trace
-from .runners import ort_numpy_dtype
+from .runners import cpu_session, ort_numpy_dtype
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ class OrtSide:
         options = ort.SessionOptions()
         options.log_severity_level = 3  # ORT warns about every fp16 cast it inserts; errors still raise
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self.folder))
-        return ort.InferenceSession(piece.model, options, providers=["CPUExecutionProvider"])
+        return cpu_session(piece.model, options, f"{self.folder / 'model.onnx'} (one block at a time)")
 
     def embed(self, stream: list[Chunk]) -> None:
         session = self._session(self.split.embedding)
