@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 
@@ -73,3 +74,43 @@ def test_engine_info_on_a_folder_without_engine_is_a_user_error(tmp_path, no_bui
                    "--quiet", env=no_builder_env).returncode == 0
     info = run_cli("engine-info", out)
     assert info.returncode == 2 and "has no engine" in info.stderr and "Traceback" not in info.stderr
+
+
+def outlier_checkpoint(folder):
+    """The trained tiny model with one weight per row of every block linear set to 20x the row's largest: a real
+    checkpoint that int8 weight-only quantization ruins (one scale per row, sized by the outlier, rounds the rest
+    of the row to a few levels), so its int8-wo export genuinely fails the validation gate."""
+    import shutil
+
+    from llama_export.exporter.checkpoints import open_checkpoint, save_checkpoint
+    from llama_export.exporter.sources import TINY_ASSET
+
+    trained = open_checkpoint(TINY_ASSET)
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for name in trained.names():
+        tensor = trained.tensor(name).clone()
+        if name.startswith("layers.") and tensor.dim() == 2:
+            columns = torch.randint(0, tensor.shape[1], (tensor.shape[0],), generator=generator)
+            tensor[torch.arange(tensor.shape[0]), columns] = 20 * tensor.abs().amax(1)
+        state[name] = tensor
+    save_checkpoint(state, trained.args, folder)
+    shutil.copyfile(TINY_ASSET / "tokenizer.model", folder / "tokenizer.model")  # the Triton front end needs one
+    return folder
+
+
+def test_a_failed_gate_keeps_export_and_report_and_writes_no_triton_repository(tmp_path):
+    pytest.importorskip("tritonclient")  # --triton needs it
+    from llama_export.exporter import artifacts
+
+    out = tmp_path / "out"
+    done = run_cli("build", "--checkpoint", outlier_checkpoint(tmp_path / "outliers"), "--precision", "int8-wo",
+                   "--engine", "skip", "--triton", "--steps", "4", "--out", out)
+    assert done.returncode == 1, done.stderr
+    assert "triton: not written, the validation gate failed" in done.stderr and "Traceback" not in done.stderr
+    manifest = artifacts.load_manifest(out, verify_hashes=True).manifest  # the export is in place and intact
+    assert manifest["validation"]["passed"] is False and set(manifest["stages"]) == {"export", "validation"}
+    assert "triton" not in manifest and not (out / "triton").exists()
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["passed"] is False and not all(check["passed"] for check in report["gate"]["checks"])
+    assert (out / "report" / "report.html").is_file()
