@@ -363,9 +363,10 @@ def engine_info(folder, as_json, no_verify):
 def run() -> None:
     """The `llama-export` program: `main`, then exit without tearing the interpreter down.
 
-    Why: after a 7B export, Python's teardown (freeing the traced program, torch's caches and modules) takes
-    ~2 s of the export's ~21 s and changes nothing on disk: every output is written, fsynced and renamed
-    before a command returns. Library callers and tests call `main`, which exits normally."""
+    Why: after a big export, Python's teardown (freeing the traced program, torch's caches and modules) costs
+    seconds of CPU (docs/BENCHMARKS.md, "Export memory and time") and changes nothing on disk: every output is
+    written, fsynced and renamed before a command returns. Library callers and tests call `main`, which exits
+    normally."""
     import logging
     import os
 

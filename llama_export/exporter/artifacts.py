@@ -317,7 +317,7 @@ def _inside(folder: Path, relative: str) -> Path:
 
 def verify_files(folder: str | Path, manifest: dict, hashes: bool = False) -> None:
     """Every file manifest.json lists must exist with its recorded size (always: a stat per file) and sha256
-    (when `hashes`: reads every byte, ~1-2 GB/s). A mismatch is a UserError naming the file."""
+    (when `hashes`: reads every byte). A mismatch is a UserError naming the file."""
     folder = Path(folder)
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:

@@ -1,9 +1,8 @@
 """An append-only file written around the page cache (O_DIRECT), for the multi-GB external-data file.
 
-Why: a buffered `write()` copies every byte into the page cache in the kernel, and on this 2-core VM that copy
-*is* the write's cost. Writing 8.6 GB with fsync, measured here: buffered 12-23 s, all of it system time
-(10-22 s); O_DIRECT 3.5-4.4 s with 0.3 s of system time (the disk DMAs straight from our buffer). In the 7B
-export the copy took 55 s of CPU out of 70 s wall, competing with weight generation and hashing for two cores.
+Why: a buffered `write()` copies every byte into the page cache in the kernel, and on a machine with few cores
+that copy *is* the write's cost, system time that competes with weight generation and hashing for the CPU. With
+O_DIRECT the disk DMAs straight from our buffer (docs/BENCHMARKS.md, "Export memory and time": both measured).
 The cost: the new file is not in the page cache, so a stage that reads it right after reads it from disk.
 
 O_DIRECT wants the file offset, the length and the memory address of each write aligned (ALIGN = 4096 covers

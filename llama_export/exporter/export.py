@@ -70,7 +70,8 @@ def trace_graph(args: ModelArgs, dtype: torch.dtype = torch.float32, opset: int 
     """The reference model's graph with io_spec names and dims; initializers declared but without data.
 
     With `replicate` (the default) the tracer sees a one-block model and replicate.py copies that block
-    n_layers times (7B: 94 s of tracing becomes ~8 s); `replicate=False` traces every block (tests compare)."""
+    n_layers times, so tracing time no longer grows with depth (docs/BENCHMARKS.md, "Figures behind the code");
+    `replicate=False` traces every block (tests compare)."""
     if replicate and args.n_layers > 1:
         from .replicate import replicate_block
 

@@ -32,11 +32,12 @@ def uniform_init(shape: tuple[int, ...], seed: int, std: float = INIT_STD,
     nn.Linear's own (uniform) init.
 
     Why 16-bit draws: random init is what a 7B export benchmark spends its CPU on (6.7 G values). Each value
-    is one int16 from SFC64's raw output times √3·std/2^15 (one numpy multiply into fp32): measured here
-    ~1.1 G values/s per core, against 0.36 G/s for numpy's float32 `random` (PCG64) scaled and rounded, which
-    was the export's largest CPU cost once its writes bypassed the page cache. 2^16 levels is finer than
-    fp16's own spacing over most of the range. Each RANDOM_CHUNK-sized piece has its own stream (SFC64 seeded
-    with [seed, chunk]), so pieces fill in parallel and the values do not depend on the number of threads.
+    is one int16 from SFC64's raw output times √3·std/2^15 (one numpy multiply into fp32), several times
+    the rate of numpy's float32 `random` (PCG64) scaled and rounded, which was the export's largest CPU cost
+    once its writes bypassed the page cache (docs/BENCHMARKS.md, "Export memory and time"). 2^16 levels is
+    finer than fp16's own spacing over most of the range. Each RANDOM_CHUNK-sized piece has its own stream
+    (SFC64 seeded with [seed, chunk]), so pieces fill in parallel and the values do not depend on the number of
+    threads.
     Other dtypes get the fp32 values rounded, piece by piece (the same values as converting the fp32 tensor).
     `out`: a flat contiguous `dtype` buffer of at least that many values to draw into (the result is a view).
     """
@@ -47,8 +48,8 @@ def uniform_init(shape: tuple[int, ...], seed: int, std: float = INIT_STD,
 
     def fill(chunk: int) -> None:
         stream = np.random.SFC64([seed, chunk])
-        # Cache-sized steps through the chunk (the same stream, so the same values): 1.4x faster than whole
-        # chunks here, whose intermediates spill out of L2.
+        # Cache-sized steps through the chunk (the same stream, so the same values): faster than whole chunks,
+        # whose intermediates spill out of L2.
         for lo in range(chunk * RANDOM_CHUNK, min(n, (chunk + 1) * RANDOM_CHUNK), CACHE_STEP):
             hi = min(n, lo + CACHE_STEP)
             bits = stream.random_raw(-(-(hi - lo) // 4)).view(np.int16)[: hi - lo]

@@ -1,9 +1,9 @@
 """Trace one decoder block, replicate it n_layers times: the graph of a deep model without tracing every block.
 
-Why: torch.onnx's dynamo trace costs ~3.4 s per block for 7B shapes on these cores (symbolic shape
-reasoning per op), 94 s for LLaMA-7B's 32 blocks and ~4.5 min for a 70B's 80, while every block is the same
-graph with other weights. So `trace_graph` traces the model with ONE block and this pass copies that block's
-nodes for blocks 1..n-1 in ONNX IR.
+Why: torch.onnx's dynamo trace costs seconds per block for 7B shapes (symbolic shape reasoning per op), so
+tracing time grows with depth, to minutes for a 70B's 80 blocks (docs/BENCHMARKS.md, "Figures behind the
+code"), while every block is the same graph with other weights. So `trace_graph` traces the model with ONE
+block and this pass copies that block's nodes for blocks 1..n-1 in ONNX IR.
 
 What a block is comes from the tracer itself: each node's `pkg.torch.onnx.name_scopes` metadata lists the
 nn.Module path it was recorded under, and block 0's nodes are those under `layers.0`. A copy of block 0 for

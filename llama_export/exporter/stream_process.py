@@ -2,9 +2,9 @@
 
 Why a process for big models: the tracer and the graph passes are pure Python and hold the GIL for seconds,
 while the stream needs it for a moment between every numpy / torch / hashlib call. In one process each slows
-the other: 7B fp16 on 2 cores, the trace went from 6.7 to 10.5 s and the stream from 12.5 to 24 s when they
-shared the GIL, no faster than running one after the other. A child costs ~2 s of CPU to import torch, so
-small models stream in a thread (weights.start_streamer picks).
+the other so much that together they were no faster than one after the other (docs/BENCHMARKS.md, "Export
+memory and time"). A child costs seconds of CPU to import torch, so small models stream in a thread
+(weights.start_streamer picks).
 
 How: `python -m llama_export.exporter.stream_process FD` (a plain subprocess, not multiprocessing's spawn,
 which re-runs the caller's main script in the child: a script without an `if __name__ == "__main__"` guard
@@ -153,7 +153,7 @@ def _child(fd: int) -> None:
         pass  # the parent died before sending the whole job
     sys.stderr.flush()
     # The data file is closed and fsynced and the parent has the answer: skip the interpreter's teardown of
-    # torch (~1 s of CPU the parent would wait for). os._exit also skips flushing `messages` into a closed pipe.
+    # torch (CPU time the parent would wait for). os._exit also skips flushing `messages` into a closed pipe.
     os._exit(0)
 
 

@@ -96,10 +96,9 @@ class AlternatingBuffers:
     """Two reusable flat buffers handed out in turn, for tensors the stream makes (random init, conversions).
 
     Why: a fresh tensor page-faults on every 4 KB page, and while the export fills the page cache each fault
-    has to reclaim a page first. Measured on this VM, writing 10.7 GB of 256 MB tensors: fresh tensors 26-61 s
-    (2.6 M faults, mostly system time), two reused buffers 14.9 s (0.13 M faults); the 7B fp16 export went from
-    132 s to 70 s (3.43 M -> 0.30 M faults). Valid only for a consumer that is done with tensor i before
-    tensor i+2 is requested (stream_weights). Page-aligned, so DataFile writes them without staging."""
+    has to reclaim a page first; reusing two buffers removes most faults and the system time they cost
+    (docs/BENCHMARKS.md, "Figures behind the code"). Valid only for a consumer that is done with tensor i
+    before tensor i+2 is requested (stream_weights). Page-aligned, so DataFile writes them without staging."""
 
     def __init__(self):
         self.slots: list[torch.Tensor | None] = [None, None]

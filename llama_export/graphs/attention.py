@@ -24,8 +24,9 @@ Replacements per target:
          for every input. The cache concat stays outside (MHA's own past/present would hold n_heads, not
          n_kv_heads). fp32 only: ORT CPU's MHA kernel is float32.
          GQA models at opset >= 23 get the `onnx` form instead: MHA needs the cache repeated to n_heads, an
-         Expand + Reshape of the whole cache per layer and step (0.87 ms of a 21 ms `small` decode step, which
-         left `ort` at 1.01x `none`), while ORT's kernel for the ONNX Attention reads n_kv_heads directly.
+         Expand + Reshape of the whole cache per layer and step that took the fused target's decode gain
+         (docs/BENCHMARKS.md, "CPU decode by target"), while ORT's kernel for the ONNX Attention reads
+         n_kv_heads directly.
 """
 
 from __future__ import annotations

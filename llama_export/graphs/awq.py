@@ -18,8 +18,8 @@ shows in attention scores, which a linear's output loss does not measure).
 
 Memory: the reference never exists whole. The calibration windows' hidden states (windows × tokens × dim fp32)
 go through one layer at a time, its weights read from the checkpoint; each linear keeps at most `max_tokens`
-input rows for the search. Arithmetic for 7B with 32 windows of 512 tokens (not measured here: the search would
-take hours on this CPU): 0.27 GB of hidden states (updated in place), 0.8 GB of one layer's fp32 weights, 0.6 GB
+input rows for the search. Arithmetic for 7B with 32 windows of 512 tokens (an estimate, not a measurement; see
+docs/BENCHMARKS.md, INT4): 0.27 GB of hidden states (updated in place), 0.8 GB of one layer's fp32 weights, 0.6 GB
 of search inputs (4096 rows for each of the 7 linears), about 1 GB of fake-quantized temporaries for the widest
 group, so ~2.7 GB at the peak; the plan the export keeps is one uint8 clip step per block (7B, block 128: 51 MB).
 """

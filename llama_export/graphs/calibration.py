@@ -7,7 +7,7 @@ max|W_j| taken over every linear that reads that input (wq, wk and wv share one 
 activations are divided by s, weights multiplied by it, so outlier channels move from the activations (int8
 per tensor) into the weights (int8 per output channel), where they cost far less precision.
 
-Where s goes (quantize.SmoothingPlan applies it to the streamed weights, so the graph is unchanged):
+Where s goes (quantize.WeightTransform applies it to the streamed weights, so the graph is unchanged):
 - attention_norm → wq/wk/wv: the norm weight is divided by s, the three weights' columns multiplied by it.
 - ffn_norm → w1/w3: likewise.
 - w2: its input is silu(w1·x) ⊙ (w3·x), linear in w3's output, so w3's rows are divided by s and w2's

@@ -20,8 +20,9 @@ WEIGHT_SIZE = 1024  # initializers at least this big are weights: never read the
 # onnxscript's default rewrite rules (rewriter._DEFAULT_REWRITE_RULES, 0.7), in their order, named from its public
 # rules.common, minus those for ops a LLaMA graph never has (Conv, BatchNorm, Clip/Relu/Min/Max chains, Scatter,
 # Pad, Gemm bias) and SlicesSplit: each rule is tried on every node, and SlicesSplit, a two-output pattern,
-# indexes the whole graph on every try (quadratic: 2/3 of a `small` cleanup's 29 s). None of them fires on the
-# traced graphs (counted per rule over opsets 18/23, fp32/fp16, MHA/GQA).
+# indexes the whole graph on every try, so its cost grows with the square of the graph (most of a `small`
+# cleanup's time; docs/BENCHMARKS.md, "Figures behind the code"). None of them fires on the traced graphs
+# (counted per rule over opsets 18/23, fp32/fp16, MHA/GQA).
 RULES = [
     *rules.mul_by_1_rule.commute(), *rules.add_0_rule.commute(), rules.sub_0_rule, rules.div_by_1_rule,
     rules.dropout_zero_rule, rules.dropout_inference_rule,

@@ -12,7 +12,7 @@ the file keeps one tensor per checkpoint weight, and runtimes fold the Concat on
 folding, TensorRT's build). int8 weights (after graphs/quantize.py: `DequantizeLinear(W.int8 [in, out],
 W.scale [out], axis=1) → MatMul`) fuse the same way one step earlier: `DequantizeLinear(Concat(int8s, axis=1),
 Concat(scales), axis=1)`, which ORT folds and turns into one MatMulNBits (W8A8: one MatMulIntegerToFloat) per
-group; measured on `small` int8-wo, 85 → 49 MatMulNBits and 62.6 → 70.7 decode tok/s, identical logits. Only
+group: fewer, wider int8 kernels with identical logits (docs/BENCHMARKS.md, "Peers"). Only
 for the `ort` target: TensorRT refuses an int8 constant that feeds anything but a DequantizeLinear ("Quantized
 constant ... is only allowed before DQ", TensorRT-RTX 1.7.1), and the `onnx` target's graph is also built
 into engines; there int8 weights stay one DQ → MatMul per projection.

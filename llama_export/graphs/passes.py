@@ -26,9 +26,10 @@ from . import attention, cleanup, fused_projections, rms_norm, rotary, skip_norm
 
 TARGETS = ("onnx", "ort", "plugin", "none")
 
-# Default target: `none`. `onnx` is the most portable fused form for ONNX Runtime, but TensorRT-RTX parses
-# and then fails to BUILD the opset-23 Attention op (FACTS.md), and engines are built from the same file, so
-# the default must be a graph every backend builds. Ask for --target onnx / ort for ORT deployments.
+# Default target: `none`. `onnx` is the most portable fused form for ONNX Runtime and TensorRT-RTX builds it,
+# but full TensorRT before 10.15 imports none of the opset-23 RMSNormalization, RotaryEmbedding and Attention
+# ops, and engines are built from the same file, so the default must be a graph every backend builds
+# (docs/ENGINES.md). Ask for --target onnx / ort for ORT deployments.
 DEFAULT_TARGET = "none"
 ONNX_TARGET_OPSET = 23
 # Targets whose fused projections also concatenate int8 weights. Not `onnx`: engines are built from it and

@@ -179,8 +179,8 @@ def write_repository(folder: str | Path, repo: str | Path, name: str | None = No
             _link_or_copy(built.folder / data, onnx_dir / data)
         _write_config(staged["onnx"], onnx_config)
         max_seq = args.max_seq_len
-        # Spinning ORT threads starve the scheduler thread and gRPC between steps (measured: 2 spinning threads
-        # decode `small` at 0.37x the speed of 2 sleeping ones on a loaded 2-core VM, docs/BENCHMARKS.md).
+        # Spinning ORT threads starve the scheduler thread and gRPC between steps, and on a loaded machine
+        # decode slower than sleeping ones (docs/BENCHMARKS.md, "Serving").
         in_flight = {"instances": 1, "ort_threads": 0, "ort_spinning": False,
                      "scheduler": protocol.SCHEDULER_IN_FLIGHT}
         serial = {"instances": instances, "ort_threads": 1, "scheduler": protocol.SCHEDULER_SERIAL}

@@ -160,7 +160,8 @@ class OrtRunner:
     copy cannot simply be written elsewhere). `session_config` entries go to ORT as is, e.g.
     WEIGHT_ONLY_INT8: ORT turns int8-weight DequantizeLinear → MatMul into MatMulNBits and, by default
     (accuracy level 4), quantizes the activations to int8 inside it — fast, but no longer the graph's
-    weight-only arithmetic; level 0 computes exactly what the graph says (and is ~35x slower on CPU).
+    weight-only arithmetic; level 0 computes exactly what the graph says (and is far slower on CPU: ORT has no
+    fast kernel for it; docs/BENCHMARKS.md, INT8).
     """
 
     name = "ort"

@@ -52,7 +52,8 @@ def chunks(prompt_ids: list[int], forced_ids: list[int]) -> list[Chunk]:
 
 class TorchSide:
     """The reference model, one block at a time, in `dtype`. It runs the whole token stream as one causal pass
-    per block (one matrix product instead of a matrix-vector product per decode step: 5-10× faster on CPU): with
+    per block (one matrix product instead of a matrix-vector product per decode step, several times faster on
+    CPU; docs/BENCHMARKS.md, "Layer-major validation"): with
     causal attention, position k's output is the same function of tokens 0..k as decode step k's with the KV
     cache, so only float rounding differs (the KV path itself is what the candidate's side checks)."""
 
