@@ -16,6 +16,9 @@ runner once and picks each row's next token. A row leaves the moment it finishes
 context limit) or `cancel()` is called. The exported graph's attention honours the mask anywhere in the cache
 (tests/validate/test_batching.py checks it with garbage in the masked slots, for every fusion target), so each
 row's greedy tokens equal its batch-1 tokens.
+
+The cache tensors are whatever the runner returns as `present.*`: numpy arrays (ORT, Torch), or torch CUDA tensors
+that never leave the GPU (engine/runtime.TensorRTRunner); joining and leaving pad, stack and slice either kind.
 """
 
 from __future__ import annotations
@@ -144,7 +147,7 @@ class BatchedGeneration:
         if not self.rows:
             self.past, self.mask = dict(past), mask.astype(np.int64)
             return
-        self.past = {name: np.concatenate([_left_pad(self.past[name], width), _left_pad(past[name], width)])
+        self.past = {name: _stack_rows(_left_pad(self.past[name], width), _left_pad(past[name], width))
                      for name in self.past}
         self.mask = np.concatenate([_left_pad(self.mask, width), _left_pad(mask.astype(np.int64), width)])
 
@@ -157,7 +160,7 @@ class BatchedGeneration:
             self.past, self.mask = {}, np.zeros((0, 0), dtype=np.int64)
             return
         start = self.columns - int(self.mask[keep].sum(axis=1).max())  # columns that are padding in every row left
-        self.past = {name: np.take(value[:, :, start:], keep, axis=0) for name, value in self.past.items()}
+        self.past = {name: value[keep, :, start:] for name, value in self.past.items()}
         self.mask = np.take(self.mask[:, start:], keep, axis=0)
 
 
@@ -167,9 +170,22 @@ def _left_pad(array: np.ndarray, width: int) -> np.ndarray:
     missing = width - array.shape[axis]
     if missing == 0:
         return array
+    if not isinstance(array, np.ndarray):  # a runner's device cache: a torch tensor (imported only then)
+        from torch.nn.functional import pad
+
+        return pad(array, (0, 0, missing, 0) if axis == 2 else (missing, 0))
     pad = [(0, 0)] * array.ndim
     pad[axis] = (missing, 0)
     return np.pad(array, pad)
+
+
+def _stack_rows(first, second):
+    """Concatenate two caches along the batch axis (numpy arrays, or a runner's torch tensors)."""
+    if isinstance(first, np.ndarray):
+        return np.concatenate([first, second])
+    import torch
+
+    return torch.cat([first, second])
 
 
 def generate_batch(runner: Runner, sequences: list[Sequence], max_batch: int | None = None,

@@ -3,6 +3,11 @@
 A runner maps the io_spec feeds (numpy arrays by name) to the io_spec outputs. `KVSession` drives any runner
 through prefill and decode steps, threading `present.*` back into `past_key_values.*` — the loop is written once,
 not per backend.
+
+The KV cache is the runner's to keep where it runs: `present.*` may come back in the runner's own array type, and
+the runner takes that type back as `past_key_values.*`. ORT and Torch return numpy arrays; the TensorRT runner
+(engine/runtime.py) returns torch CUDA tensors, so the cache stays on the GPU between steps and only the logits
+(always numpy) reach the host. KVSession passes the cache along without reading it.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ class Runner(Protocol):
     args: ModelArgs
     kv_dtype: np.dtype  # dtype of past/present tensors
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """io_spec feeds -> io_spec outputs. Logits are numpy; present.* may be the runner's own cache type
+        (see the module docstring), which it accepts back as past_key_values.*."""
 
 
 class TorchRunner:
@@ -67,7 +74,7 @@ class KVSession:
         self.runner = runner
         self.args = runner.args
         self.attention_mask: np.ndarray | None = None
-        self.past: dict[str, np.ndarray] = {}
+        self.past: dict = {}  # past_key_values.* as the runner returned them (numpy, or its device tensors)
         # Everything the runner returned on the last call, extras included (validation reads the per-layer
         # outputs a runner may expose from here, so the KV loop stays written once).
         self.last_outputs: dict[str, np.ndarray] = {}

@@ -1,6 +1,7 @@
 """The batched KV loop against batch-1 generation (generate_tokens over KVSession), tiny model, fp32, greedy:
 staggered joins (shorter and longer prompts than the batch's width), leaves at different steps (stop ids,
-max_new_tokens, the context limit, cancellation), one runner call per step."""
+max_new_tokens, the context limit, cancellation), one runner call per step. Every test also runs with the cache
+held as torch tensors (TorchCacheRunner), the way the TensorRT runner keeps it on the GPU."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from llama_export.exporter.checkpoints import load_model
 from llama_export.validate.batching import BatchedGeneration, Sequence, generate_batch
 from llama_export.validate.generation import Sampling, generate_tokens
 from llama_export.validate.pipeline import reference_checkpoint
-from llama_export.validate.runners import OrtRunner, TorchRunner
+from llama_export.validate.runners import KVSession, OrtRunner, TorchRunner
 
 TEXTS = ["The for statement", "x", "Dictionaries are sometimes found in other languages as associative memories",
          "def f(", "The while loop executes as long as the condition", "import"]
@@ -30,11 +31,35 @@ class CountingRunner:
         return self.runner.run(feeds)
 
 
-@pytest.fixture(scope="module", params=["ort", "torch"])
+class TorchCacheRunner:
+    """ONNX Runtime with its KV cache returned as torch tensors and taken back as such, as engine/runtime's
+    TensorRTRunner returns torch CUDA tensors: the loops must carry a runner's own cache type (padding, stacking
+    and dropping rows included) without turning it into numpy. Records the past it was last fed and the type of
+    every past it is fed."""
+
+    def __init__(self, runner):
+        self.runner, self.name, self.args, self.kv_dtype = runner, "ort-torch-cache", runner.args, runner.kv_dtype
+        self.past_types: set[type] = set()
+        self.last_past: dict = {}
+
+    def run(self, feeds):
+        import torch
+
+        past = self.last_past = {name: feeds[name] for name in io_spec.past_names(self.args.n_layers)}
+        if next(iter(past.values())).shape[2]:  # prefill's empty past is the loop's own (numpy) zeros
+            self.past_types |= {type(value) for value in past.values()}
+        outputs = self.runner.run({**feeds, **{name: value.numpy() if isinstance(value, torch.Tensor) else value
+                                               for name, value in past.items()}})
+        return {name: torch.from_numpy(value) if name.startswith("present.") else value
+                for name, value in outputs.items()}
+
+
+@pytest.fixture(scope="module", params=["ort", "torch", "ort-torch-cache"])
 def runner(request, fp32_dir):
     built = load_manifest(fp32_dir)
-    if request.param == "ort":
-        yield OrtRunner(built.model_path, built.args)
+    if request.param.startswith("ort"):
+        ort = OrtRunner(built.model_path, built.args)
+        yield TorchCacheRunner(ort) if request.param == "ort-torch-cache" else ort
         return
     import torch
 
@@ -125,6 +150,29 @@ def test_rows_leave_and_the_cache_shrinks(runner, prompts):
     assert next(iter(batch.past.values())).shape[0] == 1
     zero = Sequence(ids[0], 0)
     assert batch.join(zero).token is None and zero.finish_reason == "length" and batch.rows == [short]
+
+
+def test_a_runners_own_cache_type_is_carried_untouched(fp32_dir, prompts):
+    import torch
+
+    built = load_manifest(fp32_dir)
+    ort = OrtRunner(built.model_path, built.args)
+    cached = TorchCacheRunner(ort)
+    session = KVSession(cached)
+    session.prefill([prompts[0][0]])
+    for token in (5, 6):
+        returned = dict(session.past)
+        session.step([token])
+        assert all(cached.last_past[name] is returned[name] for name in returned), "fed back as returned"
+        assert all(isinstance(value, torch.Tensor) for value in session.past.values())
+
+    ids, eos = prompts
+    plain = [Sequence(p, 8, stop_ids=frozenset({eos})) for p in ids[:4]]
+    torch_cached = [Sequence(p, 8, stop_ids=frozenset({eos})) for p in ids[:4]]
+    generate_batch(ort, plain, max_batch=3)
+    generate_batch(cached, torch_cached, max_batch=3)
+    assert [s.tokens for s in torch_cached] == [s.tokens for s in plain]
+    assert cached.past_types == {torch.Tensor}, "the batched loop turned the runner's cache into numpy"
 
 
 def test_cli_generate_runs_several_prompts_as_one_batch(fp32_dir):
