@@ -292,21 +292,13 @@ def _remove_stale_engines(folder: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-ENGINE_KEYS = ("file", "sha256", "builder", "builder_version", "flags", "compute_capabilities", "limits", "profiles")
-
-
 def engine_info(folder: str | Path, verify: bool = True) -> dict:
     """The manifest's engine section (plus what identifies the model), for `llama-export engine-info`.
     `verify`: check every file's sha256 (the plan's included) against the manifest first."""
+    from .engine.runtime import engine_section
+
     built = artifacts.load_manifest(folder, verify_hashes=verify)
-    engine = built.manifest.get("engine")
-    if engine is None:
-        raise UserError(f"{folder} has no engine; build one with llama-export build --engine require "
-                        f"({INSTALL_HINT})")
-    missing = [key for key in ENGINE_KEYS if key not in engine] if isinstance(engine, dict) else list(ENGINE_KEYS)
-    if missing:
-        raise UserError(f"{built.folder}/manifest.json has an incomplete engine section (no {', '.join(missing)}); "
-                        f"rebuild {built.folder}")
+    engine = engine_section(built, INSTALL_HINT)
     return {"folder": str(Path(folder).absolute()), "size": built.manifest.get("size"),
             "precision": built.precision, "target": built.manifest.get("target"), "engine": engine}
 
