@@ -135,25 +135,27 @@ def export(size, checkpoint, random_init, seed, precision, opset, target, out, q
                    "tiktoken) (default: the one next to the weights).")
 @click.option("--chat", is_flag=True,
               help="Each prompt is a user message: wrap it in the tokenizer's chat template (tokenizer_config.json).")
-@click.option("--backend", type=click.Choice(["torch", "ort"]), default=None,
-              help="torch (default; the reference model) or ort (ONNX Runtime on an exported FOLDER).")
+@click.option("--backend", type=click.Choice(["torch", "ort", "tensorrt"]), default=None,
+              help="torch (default; the reference model), ort (ONNX Runtime on an exported FOLDER) or tensorrt "
+                   "(FOLDER's engine; NVIDIA GPU).")
 def generate(folder, size, checkpoint, random_init, seed, prompts, max_new_tokens, temperature, top_p, truncate,
              sample_seed, tokenizer, chat, backend):
     """Continue a prompt, streaming tokens to stdout (several prompts: one batch, each printed when done); stops
     at the tokenizer's EOS and generation_config.json's eos_token_id. FOLDER: an exported output folder (runs with
-    --backend ort)."""
+    --backend ort, or --backend tensorrt for its engine)."""
     from .exporter.tokenization import load_tokenizer
     from .triton.streaming import TextStreamer
     from .validate.batching import Sequence, generate_batch
     from .validate.generation import Sampling, fit_prompt
 
+    engine = None  # FOLDER's engine section with --backend tensorrt
     if folder is not None:
-        runner, built, args, what = _folder_runner(folder, backend or "ort", size, checkpoint, random_init)
+        runner, built, args, what, engine = _folder_runner(folder, backend or "ort", size, checkpoint, random_init)
         tok = load_tokenizer(tokenizer) if tokenizer is not None else built.tokenizer()
     else:
-        if backend == "ort":
-            raise UserError("--backend ort runs an exported folder: llama-export generate DIR --backend ort "
-                            "(create DIR with llama-export export)")
+        if backend in ("ort", "tensorrt"):
+            raise UserError(f"--backend {backend} runs an exported folder: llama-export generate DIR --backend "
+                            f"{backend} (create DIR with llama-export {'export' if backend == 'ort' else 'build'})")
         from .exporter.checkpoints import load_model
         from .exporter.sources import resolve_checkpoint
         from .validate.runners import TorchRunner
@@ -168,8 +170,24 @@ def generate(folder, size, checkpoint, random_init, seed, prompts, max_new_token
         raise UserError(f"tokenizer {tok.path} has {tok.vocab_size} tokens but the model only "
                         f"{args.vocab_size}; pass the model's own tokenizer")
     sampling = Sampling(temperature, top_p, sample_seed)
-    prompt_ids = [fit_prompt(tok.prompt_ids(p, chat), max_new_tokens, args.max_seq_len, truncate,
-                             "the prompt" if len(prompts) == 1 else f"prompt {i + 1}") for i, p in enumerate(prompts)]
+    context, limits = args.max_seq_len, None
+    if engine is not None:  # before the prompts are fitted, so --truncate can keep within the engine's limits
+        from .engine.profiles import ProfileLimits
+
+        limits = ProfileLimits.from_engine(engine, str(folder))
+        limits.check_run(len(prompts), None, max_new_tokens, "", f"--max-new-tokens {max_new_tokens}")
+        if truncate:
+            context = min(context, limits.max_seq, limits.max_input + max_new_tokens)
+    names = ["the prompt"] if len(prompts) == 1 else [f"prompt {i + 1}" for i in range(len(prompts))]
+    prompt_ids = [fit_prompt(tok.prompt_ids(p, chat), max_new_tokens, context, truncate, name)
+                  for p, name in zip(prompts, names)]
+    if engine is not None:  # every length is checked against the engine before its GPU runtime loads
+        from .engine.runtime import TensorRTRunner
+
+        for ids, name in zip(prompt_ids, names):
+            limits.check_run(len(prompts), len(ids), max_new_tokens, f"{name} ({len(ids)} tokens)",
+                             f"--max-new-tokens {max_new_tokens}")
+        runner = TensorRTRunner(built.folder / engine["file"], args, engine)
     sequences = [Sequence(ids, max_new_tokens, sampling, tok.stop_ids, args.max_seq_len) for ids in prompt_ids]
     # Decode whole continuations (TextStreamer): SentencePiece and byte-level pieces only read right in context.
     streamers = {id(s): TextStreamer(tok.decode, s.prompt_ids) for s in sequences}
@@ -187,7 +205,11 @@ def generate(folder, size, checkpoint, random_init, seed, prompts, max_new_token
             if streaming:
                 click.echo(text, nl=False)
 
-    generate_batch(runner, sequences, on_update=show)
+    try:
+        generate_batch(runner, sequences, on_update=show)
+    finally:
+        if hasattr(runner, "close"):  # the engine's execution context
+            runner.close()
     for prompt, sequence in zip(prompts, sequences):
         streamer = streamers[id(sequence)]
         tail = streamer.finish()
@@ -237,16 +259,18 @@ def triton(folder, repo, name, instances, batching, max_batch, max_tokens_in_fli
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress messages.")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of FOLDER's files (sizes are always checked).")
-def validate(folder, steps, prompt_tokens, bisect, checkpoint, layer_major, as_json, quiet, no_verify):
+@click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True,
+              help="The candidate: ort (ONNX Runtime on model.onnx) or tensorrt (FOLDER's engine; NVIDIA GPU).")
+def validate(folder, steps, prompt_tokens, bisect, checkpoint, layer_major, as_json, quiet, no_verify, backend):
     """Compare an exported FOLDER with the Torch reference over prefill + decode; exit 1 if the gate fails.
 
-    Writes FOLDER/report/report.json and report.html."""
+    Writes FOLDER/report/report.json and report.html (FOLDER/report-tensorrt/ with --backend tensorrt)."""
     from .validate.pipeline import validate_build
 
     progress = None if quiet else (lambda stage: click.echo(f"validate: {stage}", err=True))
     report = validate_build(folder, steps=steps, prompt_tokens=prompt_tokens, bisect=bisect,
                             checkpoint=checkpoint, progress=progress, layer_major=layer_major,
-                            verify=not no_verify)
+                            verify=not no_verify, backend=backend)
     summary = report.summary()
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -262,17 +286,23 @@ def validate(folder, steps, prompt_tokens, bisect, checkpoint, layer_major, as_j
 
 
 def _folder_runner(folder, backend, size, checkpoint, random_init):
-    """(runner, Artifacts, args, description) for an exported folder."""
+    """(runner, Artifacts, args, description, engine section) for an exported folder: the ORT runner and None, or
+    with --backend tensorrt None and the engine section (the caller makes the engine's runner once the run is
+    checked against the engine's limits)."""
     from .exporter.artifacts import load_manifest
     from .validate.runners import OrtRunner
 
     if size is not None or checkpoint is not None or random_init:
         raise UserError("give either an exported FOLDER or --size/--checkpoint, not both")
-    if backend != "ort":
-        raise UserError(f"--backend {backend} with an exported folder is not supported yet; use --backend ort, "
-                        "or --checkpoint PATH for the torch reference")
+    if backend == "torch":
+        raise UserError("--backend torch runs a checkpoint, not an exported folder; use --backend ort or tensorrt "
+                        "on FOLDER, or --checkpoint PATH for the torch reference")
     built = load_manifest(folder)
-    return OrtRunner(built.model_path, built.args), built, built.args, str(folder)
+    if backend == "ort":
+        return OrtRunner(built.model_path, built.args), built, built.args, str(folder), None
+    from .engine.runtime import engine_section
+
+    return None, built, built.args, str(folder), engine_section(built)
 
 
 def _checkpoint_tokenizer(tokenizer, checkpoint, size, random_init):

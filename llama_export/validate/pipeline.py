@@ -1,8 +1,10 @@
-"""`validate_build(DIR)`: the exported model in ONNX Runtime against the Torch reference, gated per precision.
+"""`validate_build(DIR)`: the exported model in ONNX Runtime (or DIR's engine on a GPU: backend "tensorrt") against
+the Torch reference, gated per precision.
 
 Memory: each side's weights are held once, one side at a time — the fp32 reference runs and is freed, then the
-Torch model in the candidate's dtype (the noise floor), then the ORT session, then (only for bisection) an ORT
-session with layer outputs exposed. Nothing but logits and layer outputs ([positions, dim]) outlives a side.
+Torch model in the candidate's dtype (the noise floor), then the ORT session or the engine, then (only for an
+ORT bisection) an ORT session with layer outputs exposed. Nothing but logits and layer outputs ([positions, dim])
+outlives a side.
 """
 
 from __future__ import annotations
@@ -18,9 +20,13 @@ import numpy as np
 from .. import io_spec
 from ..errors import UserError
 from . import compare, gate
+from .report import REPORT_DIR
 
 BISECT_MODES = ("auto", "always", "never")
 LAYER_MAJOR_MODES = ("auto", "always", "never")
+BACKENDS = ("ort", "tensorrt")
+# An engine's report never replaces the ORT one (which `build` keeps as its validation stage).
+REPORT_DIRS = {"ort": REPORT_DIR, "tensorrt": f"{REPORT_DIR}-tensorrt"}
 DEFAULT_STEPS, DEFAULT_PROMPT_TOKENS = 32, 64
 
 
@@ -125,13 +131,15 @@ def plan_validation(artifacts, layer_major: str = "auto") -> dict:
 def validate_build(folder: str | Path, steps: int = DEFAULT_STEPS, prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
                    bisect: str = "auto", checkpoint: str | Path | None = None, write: bool = True,
                    progress: Callable[[str], None] | None = None, layer_major: str = "auto",
-                   verify: bool = True) -> Report:
+                   verify: bool = True, backend: str = "ort") -> Report:
     """Validate an exported folder; writes DIR/report/ (report.json, report.html, plots) when `write`.
 
     layer_major: "never" runs the whole model per side (greedy reference, free-running generation), "always"
     the layer-major pass (streamed.py: one block in memory at a time), "auto" the whole model when the memory
     plan (memory.py) says it fits, else layer-major. `verify`: check every file's sha256 against the manifest
-    first (sizes are always checked)."""
+    first (sizes are always checked). `backend` "tensorrt": the candidate is DIR's engine on the GPU (whole model,
+    no bisection: an engine exposes no layer outputs), checked against the engine's limits before any work; the
+    report goes to DIR/report-tensorrt."""
     from ..exporter.artifacts import check_writable, library_versions, load_manifest, tool_info
     from . import streamed
 
@@ -139,6 +147,11 @@ def validate_build(folder: str | Path, steps: int = DEFAULT_STEPS, prompt_tokens
         raise UserError(f"bisect must be one of {', '.join(BISECT_MODES)}, not {bisect!r}")
     if layer_major not in LAYER_MAJOR_MODES:
         raise UserError(f"layer_major must be one of {', '.join(LAYER_MAJOR_MODES)}, not {layer_major!r}")
+    if backend not in BACKENDS:
+        raise UserError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if backend == "tensorrt" and layer_major == "always":
+        raise UserError("--layer-major always runs ONNX Runtime one block at a time; --backend tensorrt validates "
+                        "the whole engine (use --layer-major auto or never)")
     if steps < 0 or prompt_tokens < 2:
         raise UserError("--steps must be ≥ 0 and the prompt at least 2 tokens")
     say = progress or (lambda _message: None)
@@ -147,13 +160,17 @@ def validate_build(folder: str | Path, steps: int = DEFAULT_STEPS, prompt_tokens
     if prompt_tokens + steps > args.max_seq_len:
         raise UserError(f"--prompt-tokens {prompt_tokens} + --steps {steps} = {prompt_tokens + steps} tokens exceed "
                         f"the model's context of {args.max_seq_len} (max_seq_len); lower them")
+    engine = _engine_candidate(artifacts, prompt_tokens, steps) if backend == "tensorrt" else None
     if write:
-        check_writable(artifacts.folder, f"validate writes {artifacts.folder}/report: copy the folder somewhere "
-                                         "writable first")
+        check_writable(artifacts.folder, f"validate writes {artifacts.folder}/{REPORT_DIRS[backend]}: copy the "
+                                         "folder somewhere writable first")
     gate.tolerance_for(precision)  # an unknown precision fails before any work
     ckpt = reference_checkpoint(artifacts, checkpoint)
     plan = plan_validation(artifacts, layer_major)
     split = plan["split"]
+    if split is not None and engine is not None:
+        raise UserError(f"validating the engine needs the whole Torch reference in memory ({plan['why']}); "
+                        "validate the ONNX graph layer-major with --backend ort")
     tok = fitting_tokenizer(artifacts)
     # Free-running generation ends at a stop id on both sides (the reference's tokens are cut the same way).
     stop_ids = tok.stop_ids if tok is not None else frozenset()
@@ -178,7 +195,7 @@ def validate_build(folder: str | Path, steps: int = DEFAULT_STEPS, prompt_tokens
     else:
         prompt, inputs = choose_prompt(artifacts, prompt_tokens, tok=tok)
         reference, forced, noise, noise_free, candidate, candidate_free = _whole_model_sides(
-            artifacts, ckpt, prompt, steps, dtype, timed, stop_ids)
+            artifacts, ckpt, prompt, steps, dtype, timed, stop_ids, engine)
     reference_free = compare.until_stop(forced, stop_ids)
 
     result = compare.compare_logits(reference, candidate, prompt)
@@ -191,8 +208,12 @@ def validate_build(folder: str | Path, steps: int = DEFAULT_STEPS, prompt_tokens
     if split is not None and bisect != "never":  # the per-layer errors are a by-product of the pass
         layers = layer_section(args, precision, reference, candidate, noise, split.hidden_names[1:])
     elif split is None and (bisect == "always" or (bisect == "auto" and not passed)):
-        layers = timed("layer bisection (onnxruntime)", lambda: _bisect(
-            artifacts, args, precision, prompt, forced, reference, noise))
+        if engine is not None:
+            layers = {"available": False, "reason": "an engine exposes no per-layer outputs; bisect the ONNX "
+                      "graph with validate --backend ort --bisect always"}
+        else:
+            layers = timed("layer bisection (onnxruntime)", lambda: _bisect(
+                artifacts, args, precision, prompt, forced, reference, noise))
 
     free_note = None if split is None else "not run: free-running generation needs the whole model in memory"
     data = {
@@ -201,7 +222,9 @@ def validate_build(folder: str | Path, steps: int = DEFAULT_STEPS, prompt_tokens
         "folder": str(Path(folder).absolute()),
         "precision": precision,
         "mode": {"layer_major": split is not None, "why": plan["why"], "memory": plan["memory"]},
-        "candidate": {"runner": "onnxruntime (CPUExecutionProvider)", "model": str(artifacts.model_path)},
+        "candidate": {"runner": "onnxruntime (CPUExecutionProvider)", "model": str(artifacts.model_path)}
+        if engine is None else {"runner": f"{engine['builder']} {engine['builder_version']} (GPU, KV cache on the "
+                                          "device)", "model": str(artifacts.folder / engine["file"])},
         "reference": {"runner": "torch fp32", "checkpoint": ckpt.description,
                       "fingerprint": artifacts.manifest.get("checkpoint", {}).get("fingerprint")},
         "inputs": {**inputs, "prompt_tokens": len(prompt), "steps": steps, "prompt_ids": prompt,
@@ -231,14 +254,27 @@ def validate_build(folder: str | Path, steps: int = DEFAULT_STEPS, prompt_tokens
     if write:
         from .report import write_report
 
-        report.path = timed("report", lambda: write_report(data, artifacts.folder))
+        report.path = timed("report", lambda: write_report(data, artifacts.folder, REPORT_DIRS[backend]))
     return report
 
 
-def _whole_model_sides(artifacts, ckpt, prompt, steps, dtype, timed, stop_ids=frozenset()):
+def _engine_candidate(artifacts, prompt_tokens: int, steps: int) -> dict:
+    """The folder's engine section, once the run is known to fit its profiles and this machine to run it (before
+    any work: a refusal costs nothing)."""
+    from ..engine.profiles import ProfileLimits
+    from ..engine.runtime import engine_section, require_gpu_runtime
+
+    engine = engine_section(artifacts)
+    ProfileLimits.from_engine(engine, str(artifacts.folder)).check_run(
+        1, prompt_tokens, steps, f"--prompt-tokens {prompt_tokens}", f"--steps {steps}")
+    require_gpu_runtime(engine)
+    return engine
+
+
+def _whole_model_sides(artifacts, ckpt, prompt, steps, dtype, timed, stop_ids=frozenset(), engine=None):
     """Each side's whole model, one side in memory at a time: the fp32 reference decodes greedily (the forced
-    token stream), then the Torch model in the candidate's dtype (the noise floor), then the ORT candidate; the
-    free-running generations end at `stop_ids`."""
+    token stream), then the Torch model in the candidate's dtype (the noise floor), then the candidate (ORT, or
+    `engine` on the GPU); the free-running generations end at `stop_ids`."""
     import torch
 
     from ..exporter.checkpoints import load_model
@@ -262,10 +298,20 @@ def _whole_model_sides(artifacts, ckpt, prompt, steps, dtype, timed, stop_ids=fr
         gc.collect()
 
     def run_candidate():
-        runner = OrtRunner(artifacts.model_path, artifacts.args)
-        return compare.forced_run(runner, prompt, forced), compare.free_running(runner, prompt, steps, stop_ids)
+        if engine is None:
+            runner = OrtRunner(artifacts.model_path, artifacts.args)
+        else:
+            from ..engine.runtime import TensorRTRunner
 
-    candidate, candidate_free = timed("candidate (onnxruntime)", run_candidate)
+            runner = TensorRTRunner(artifacts.folder / engine["file"], artifacts.args, engine)
+        try:
+            return compare.forced_run(runner, prompt, forced), compare.free_running(runner, prompt, steps, stop_ids)
+        finally:
+            if engine is not None:
+                runner.close()
+
+    candidate, candidate_free = timed("candidate (onnxruntime)" if engine is None else "candidate (engine)",
+                                      run_candidate)
     gc.collect()
     return reference, forced, noise, noise_free, candidate, candidate_free
 
@@ -294,5 +340,5 @@ def _bisect(artifacts, args, precision, prompt, forced, reference, noise) -> dic
     return layer_section(args, precision, reference, candidate, noise, tensors)
 
 
-__all__ = ["BISECT_MODES", "LAYER_MAJOR_MODES", "Report", "choose_prompt", "noise_dtype", "plan_validation",
+__all__ = ["BACKENDS", "BISECT_MODES", "LAYER_MAJOR_MODES", "Report", "choose_prompt", "noise_dtype", "plan_validation",
            "reference_checkpoint", "validate_build"]

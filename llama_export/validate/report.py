@@ -20,11 +20,11 @@ PLOTS = {"per_step": "Error per decode step (teacher-forced)", "per_position": "
          "per_layer": "Error per decoder layer (bisection)"}
 
 
-def write_report(data: dict, folder: str | Path) -> Path:
-    """Write DIR/report/ and return its path."""
+def write_report(data: dict, folder: str | Path, subfolder: str = REPORT_DIR) -> Path:
+    """Write DIR/`subfolder`/ (default DIR/report/) and return its path."""
     from ..exporter.artifacts import staged_output
 
-    target = Path(folder).absolute() / REPORT_DIR
+    target = Path(folder).absolute() / subfolder
     plots = render_plots(data)
     # report/ lives inside an output folder the caller already owns: replacing it needs no manifest of its own
     with staged_output(target, force=True, option="the report folder") as staging:

@@ -95,7 +95,7 @@ def test_cli_export_default_out_then_generate_dir_with_ort_equals_torch(tmp_path
     assert ort.exit_code == 0 and ref.exit_code == 0, ort.output + ref.output
     assert ort.output == ref.output and ort.output.startswith("the for statement")
     refused = runner.invoke(main, ["generate", str(out), "--backend", "torch", *prompt])
-    assert refused.exit_code == 2 and "not supported yet" in refused.output
+    assert refused.exit_code == 2 and "--backend torch runs a checkpoint, not an exported folder" in refused.output
 
 
 @pytest.mark.slow

@@ -27,3 +27,20 @@ def export_copy(tiny_export, tmp_path) -> Path:
     copy = tmp_path / "export"
     shutil.copytree(tiny_export, copy)
     return copy
+
+
+@pytest.fixture(scope="session")
+def tiny_engine_folder(tmp_path_factory) -> Path:
+    """A build of the hardening model with a real TensorRT-RTX engine (built on CPU) of small profile limits:
+    batch 1, prompts up to 8 tokens, 16 tokens of KV cache. Not validated, no Triton repository."""
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed (pip install '.[tensorrt-rtx]')")
+    from llama_export.build import BuildOptions, build
+    from llama_export.config import ModelArgs
+    from llama_export.engine.profiles import ProfileLimits
+    from llama_export.exporter.random_init import RandomCheckpoint
+
+    args = ModelArgs(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=2048, multiple_of=32, max_seq_len=256)
+    options = BuildOptions(engine="require", builder="tensorrt-rtx", validate=False, triton=False,
+                           limits=ProfileLimits(max_batch=1, max_input=8, max_seq=16))
+    out = tmp_path_factory.mktemp("hardening-engine") / "small-fp32"
+    return build(RandomCheckpoint(args, 0), out, options, quiet=True).folder
