@@ -143,7 +143,10 @@ class TritonPythonModel:
         max_batch = int(params.get(protocol.PARAM_MAX_BATCH, "1"))
         max_tokens = int(params.get(protocol.PARAM_MAX_TOKENS, str(max_batch * self.max_seq)))
         metrics = TritonMetrics({"model": args["model_name"], "instance": args["model_instance_name"]})
-        self.scheduler = InFlightScheduler(self.runner, max_batch, max_tokens, metrics)
+        # One prefill call holds at most max_input padded tokens: the engine's prefill profile, and no longer a
+        # pause for the running rows than the longest prompt alone (scheduler.py's docstring).
+        self.scheduler = InFlightScheduler(self.runner, max_batch, max_tokens, metrics,
+                                           max_prefill_tokens=self.max_input)
 
     def execute(self, requests):
         if not self.decoupled:  # the unary sibling (HTTP cannot call decoupled models): one response each

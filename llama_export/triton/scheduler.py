@@ -2,11 +2,32 @@
 
 Pure Python (no Triton import), so the front end vendors it and tests drive it without a server. The front end
 turns each request into a `Job` whose callbacks send responses; `InFlightScheduler.submit()` queues it and
-returns at once, and one scheduler thread runs the batched KV loop (validate/batching.py): before each step it
-drops cancelled jobs and admits queued ones (each joins after its own prefill) while the limits allow —
-`max_batch` rows and `max_tokens` reserved KV tokens (prompt + max_new_tokens per job, capped by the context);
-what does not fit waits in the queue, and a job that could never fit is refused at submit. `run()` drives the
+returns at once, and one scheduler thread runs the batched KV loop (validate/batching.py). `run()` drives the
 same loop synchronously: the unary sibling (one execute call's requests) and the serial mode use it.
+
+Each iteration, at a step boundary: drop cancelled jobs; take the queued jobs that fit, in arrival order, and
+prefill them together in ONE runner call (BatchedGeneration.join_many); then one decode step for every row.
+Limits: `max_batch` rows; `max_tokens` reserved KV tokens (prompt + max_new_tokens per job, capped by the
+context) over the running and joining jobs; `max_prefill_tokens` padded tokens in one prefill call (joiners x
+longest joining prompt; the front end passes the graph's / engine profile's longest input, so the call always
+fits the engine's prefill profile). The first job in the queue always goes alone if it is longer than that
+budget. What does not fit waits in the queue (arrival order: a long job is never overtaken for ever by short
+ones); a job that could never fit is refused at submit.
+
+Why prefill first (time to first token before the next decode step), bounded to one call per step boundary:
+a burst of joiners waits for one call, not for a queue of batch-1 prefills (the last of eight used to wait for
+seven prefills before its own), and the call reads the weights once for all of them: where a prefill is bound by
+reading weights (short prompts, GPUs) the call costs little more than one prefill; where it is bound by compute
+(CPUs) it costs about the sum of theirs, so the last joiner gains little and the first ones wait for the whole
+call (time-to-first-token p99 vs p50; `max_prefill_tokens` sets the trade). Bounding it to one call of at most
+`max_prefill_tokens` between two decode steps keeps the running rows from starving: their inter-token gap grows
+by at most one prefill no longer than the longest prompt the model accepts alone (which a single request may
+always cost), and joiners beyond the budget wait one decode step, then go. Mixing prefill and decode rows in one
+call (chunked prefill) does not fit this graph: one call has one sequence length for all rows (decode rows would
+be padded to the prompt's length), and an engine's prefill and decode profiles are separate shapes (past 0 vs
+seq 1).
+
+A failed prefill call is retried one job at a time, so a request that breaks the runner fails alone.
 """
 
 from __future__ import annotations
@@ -64,9 +85,10 @@ class Job:
 
 
 class InFlightScheduler:
-    def __init__(self, runner, max_batch: int, max_tokens: int, metrics: Metrics | None = None):
+    def __init__(self, runner, max_batch: int, max_tokens: int, metrics: Metrics | None = None,
+                 max_prefill_tokens: int | None = None):
         self.batch = BatchedGeneration(runner)
-        self.max_batch, self.max_tokens = max_batch, max_tokens
+        self.max_batch, self.max_tokens, self.max_prefill_tokens = max_batch, max_tokens, max_prefill_tokens
         self.metrics = _Changes(metrics or Metrics())
         self.jobs: dict[int, Job] = {}  # id(sequence) -> its job, for the rows of the batch
         self.queue: collections.deque[Job] = collections.deque()
@@ -133,16 +155,10 @@ class InFlightScheduler:
                     self._leave(job)
 
     def _iterate(self) -> None:
-        """Drop cancelled jobs, admit queued ones that fit, then one decode step for the batch."""
+        """Drop cancelled jobs, prefill the queued ones that fit in one call, then one decode step for the batch."""
         for job in [j for j in self.jobs.values() if _safe(j.cancelled)]:
             self._cancel(job)
-        while True:
-            with self._wake:
-                if not self.queue or not self._fits(self.queue[0]):
-                    self.metrics.queued(len(self.queue))
-                    break
-                job = self.queue.popleft()
-            self._admit(job)
+        self._admit(self._joining())
         self.metrics.running(self.batch.batch_size)
         if not self.batch.rows:
             return
@@ -159,22 +175,48 @@ class InFlightScheduler:
         self.metrics.generated(sum(update.token is not None for update in updates))
         self.metrics.running(self.batch.batch_size)  # rows that finished in this step are gone
 
-    def _fits(self, job: Job) -> bool:
-        in_flight = sum(j.reserved_tokens for j in self.jobs.values())
-        return self.batch.batch_size < self.max_batch and in_flight + job.reserved_tokens <= self.max_tokens
-
-    def _admit(self, job: Job) -> None:
-        if _safe(job.cancelled):
+    def _joining(self) -> list[Job]:
+        """Take from the queue, in order, the jobs of the next prefill call (see the module docstring)."""
+        group, cancelled = [], []
+        with self._wake:
+            while self.queue:
+                job = self.queue[0]
+                if _safe(job.cancelled):
+                    cancelled.append(self.queue.popleft())
+                    continue
+                if not self._fits(job, group):
+                    break
+                group.append(self.queue.popleft())
+            self.metrics.queued(len(self.queue))
+        for job in cancelled:
             self._cancel(job)
+        return group
+
+    def _fits(self, job: Job, group: list[Job]) -> bool:
+        """Whether `job` can join with `group` (already joining) in this prefill call."""
+        rows = self.batch.batch_size + len(group) + 1
+        tokens = sum(j.reserved_tokens for j in (*self.jobs.values(), *group, job))
+        width = max(len(j.sequence.prompt_ids) for j in (*group, job))
+        budget = self.max_prefill_tokens
+        prefill_fits = not group or budget is None or (len(group) + 1) * width <= budget
+        return rows <= self.max_batch and tokens <= self.max_tokens and prefill_fits
+
+    def _admit(self, group: list[Job]) -> None:
+        if not group:
             return
         try:
-            update = self.batch.join(job.sequence)
-        except Exception as exc:  # noqa: BLE001 - this job's prefill failed: it fails alone
-            _safe(job.fail, f"{type(exc).__name__}: {exc}")
+            updates = self.batch.join_many([job.sequence for job in group])
+        except Exception as exc:  # noqa: BLE001 - a prefill failed: retry alone, so only the culprit fails
+            if len(group) > 1:
+                for job in group:
+                    self._admit([job])
+            else:
+                _safe(group[0].fail, f"{type(exc).__name__}: {exc}")
             return
-        if not job.sequence.finished:
-            self.jobs[id(job.sequence)] = job
-        self._deliver_or_fail(job, update)
+        for job, update in zip(group, updates):
+            if not job.sequence.finished:
+                self.jobs[id(job.sequence)] = job
+            self._deliver_or_fail(job, update)
 
     def _cancel(self, job: Job) -> None:
         """The client went away: end its request (Triton still wants a final response) and free its row."""

@@ -1,21 +1,31 @@
 """The batched KV loop: sequences join and leave between decode steps, one runner call per step for all of them.
 
 Cache layout: one batch cache [batch, n_kv_heads, columns, head_dim] per past tensor, LEFT-padded, rows
-right-aligned. Every row's real tokens are the last `length` columns; the columns before them hold zeros and
-`attention_mask` 0 there, and `position_ids` count real tokens only (so a row sees the positions it would alone).
+right-aligned. Every row's real tokens are the last `length` columns; the columns before them are padding with
+`attention_mask` 0, and `position_ids` count real tokens only (so a row sees the positions it would alone).
 Why padding + mask and not slots sized to `max_seq_len`: the exported graph appends each step's key/value at
 the END of the past it is fed (present = Concat(past, new)), so right-aligned rows stay aligned by construction,
 and the attention over `columns` = the longest live row costs what that row costs alone — slots would attend
-over `max_seq_len` columns every step. The price is a copy of the cache when a sequence joins (its prefilled
-cache padded to the batch's width, or the batch padded to a longer newcomer) or leaves (its row dropped and the
+over `max_seq_len` columns every step. The price is a copy of the cache when sequences join (their prefilled
+cache padded to the batch's width, or the batch padded to a longer newcomer) or leave (their rows dropped and the
 all-padding columns on the left trimmed); the graph copies the cache every step anyway (Concat).
 
-A sequence joins through `join()`: a batch-1 prefill of its prompt (prefill logits are then exactly its batch-1
-logits) and its first token; it decodes in the next `step()`. Every `step()` runs all live rows through the
-runner once and picks each row's next token. A row leaves the moment it finishes (a stop id, max_new_tokens, the
-context limit) or `cancel()` is called. The exported graph's attention honours the mask anywhere in the cache
-(tests/validate/test_batching.py checks it with garbage in the masked slots, for every fusion target), so each
-row's greedy tokens equal its batch-1 tokens.
+Sequences join through `join_many()` (or `join()` for one): ONE runner call prefills all of them, their prompts
+left-padded to the longest with attention_mask 0 and per-row position_ids (left_padded_position_ids), then each
+picks its first token and decodes in the next `step()`. Every `step()` runs all live rows through the runner once
+and picks each row's next token. A row leaves the moment it finishes (a stop id, max_new_tokens, the context
+limit) or `cancel()` is called. The padding columns of a batched prefill hold whatever the graph computed for the
+pad tokens (finite: attention_bias lets every query see itself), not zeros; nothing reads them, because the
+graph's attention honours the mask anywhere in the cache (tests/graphs/test_masked_cache.py checks it with large
+garbage in the masked slots, for every fusion target).
+
+Numerics: a padded row is not bit-identical to its batch-1 run. Masked keys add exact zeros to the softmax, but
+the real scores sit at other offsets of a longer reduction, and a GEMM over several rows may block differently
+from one over a single row, so logits move in the last float bits (fp32, tiny model: under 1e-6 of the logits'
+scale, ORT and torch) — as every decode step of a batch already does. Greedy (and seeded sampling) picks the
+same token unless two logits tie to that precision. tests/validate/test_batching.py bounds the prefill logits'
+distance and checks tokens equal batch-1 for staggered joins and for prompts of different lengths joining in
+one prefill, with the ORT and torch runners. A single joiner is a plain batch-1 prefill (batch-1's logits).
 
 The cache tensors are whatever the runner returns as `present.*`: numpy arrays (ORT, Torch), or torch CUDA tensors
 that never leave the GPU (engine/runtime.TensorRTRunner); joining and leaving pad, stack and slice either kind.
@@ -93,17 +103,33 @@ class BatchedGeneration:
         return self.mask.shape[1]
 
     def join(self, sequence: Sequence) -> Update:
-        """Prefill `sequence` alone, pick its first token and, unless that finishes it, add it to the batch."""
-        if sequence.max_new_tokens <= 0:
-            sequence.finish_reason = "length"
-            return Update(sequence, None)
+        """`join_many` for one sequence: a batch-1 prefill."""
+        return self.join_many([sequence])[0]
+
+    def join_many(self, sequences: list[Sequence]) -> list[Update]:
+        """Prefill `sequences` in one runner call (left-padded to the longest prompt), pick each one's first token
+        and add those it did not finish to the batch. One update per sequence, in order. If the runner call
+        raises, no sequence has changed and the batch is as it was."""
+        updates: list[Update | None] = [None] * len(sequences)
+        prefill = []  # indices into sequences
+        for index, sequence in enumerate(sequences):
+            if sequence.max_new_tokens <= 0:
+                sequence.finish_reason = "length"
+                updates[index] = Update(sequence, None)
+            else:
+                prefill.append(index)
+        if not prefill:
+            return updates
+        ids, mask = left_padded_prompts([sequences[i].prompt_ids for i in prefill])
         session = KVSession(self.runner)
-        logits = session.prefill(np.asarray([sequence.prompt_ids]))[0, -1]
-        update = self._advance(sequence, logits)
-        if not sequence.finished:
-            self._merge(session.past, session.attention_mask)
-            self.rows.append(sequence)
-        return update
+        logits = session.prefill(ids, mask)[:, -1]
+        for row, index in enumerate(prefill):
+            updates[index] = self._advance(sequences[index], logits[row])
+        keep = [row for row, index in enumerate(prefill) if not sequences[index].finished]
+        if keep:
+            self._merge(*_take_rows(session.past, session.attention_mask, keep))
+            self.rows += [sequences[prefill[row]] for row in keep]
+        return updates
 
     def step(self) -> list[Update]:
         """One runner call for every live row; returns each row's update. Finished rows leave the batch."""
@@ -142,7 +168,7 @@ class BatchedGeneration:
         return Update(sequence, token)
 
     def _merge(self, past: dict[str, np.ndarray], mask: np.ndarray) -> None:
-        """Append a batch-1 cache as a new row, left-padding whichever side is shorter."""
+        """Append a cache block (one or more rows) below the batch, left-padding whichever side is narrower."""
         width = max(self.columns, mask.shape[1])
         if not self.rows:
             self.past, self.mask = dict(past), mask.astype(np.int64)
@@ -159,9 +185,28 @@ class BatchedGeneration:
         if not self.rows:
             self.past, self.mask = {}, np.zeros((0, 0), dtype=np.int64)
             return
-        start = self.columns - int(self.mask[keep].sum(axis=1).max())  # columns that are padding in every row left
-        self.past = {name: value[keep, :, start:] for name, value in self.past.items()}
-        self.mask = np.take(self.mask[:, start:], keep, axis=0)
+        self.past, self.mask = _take_rows(self.past, self.mask, keep)
+
+
+def left_padded_prompts(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask) [len(prompts), longest]: each prompt right-aligned, pad id 0 masked out."""
+    width = max(len(prompt) for prompt in prompts)
+    ids = np.zeros((len(prompts), width), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = prompt
+        mask[row, width - len(prompt):] = 1
+    return ids, mask
+
+
+def _take_rows(past: dict, mask: np.ndarray, keep: list[int]):
+    """Rows `keep` of a right-aligned cache (numpy arrays, or a runner's torch tensors) and its mask, without the
+    columns that are padding in all of them."""
+    start = mask.shape[1] - int(mask[keep].sum(axis=1).max())
+    if start == 0 and keep == list(range(mask.shape[0])):
+        return past, mask
+    return ({name: value[keep, :, start:] for name, value in past.items()},
+            np.take(mask[:, start:], keep, axis=0))
 
 
 def _left_pad(array: np.ndarray, width: int) -> np.ndarray:
@@ -190,19 +235,20 @@ def _stack_rows(first, second):
 
 def generate_batch(runner: Runner, sequences: list[Sequence], max_batch: int | None = None,
                    on_update: Callable[[Update], None] | None = None) -> list[Sequence]:
-    """Run every sequence to the end, at most `max_batch` at a time, each joining as soon as a row is free.
-    `on_update` sees every token as it is chosen (for streaming)."""
+    """Run every sequence to the end, at most `max_batch` at a time; whenever rows are free, the waiting
+    sequences that fit join together (one prefill call) before the next step. `on_update` sees every token as
+    it is chosen (for streaming)."""
     batch = BatchedGeneration(runner)
     limit = max_batch or max(1, len(sequences))
-    waiting = list(sequences)[::-1]
+    waiting = list(sequences)
     while waiting or batch.rows:
-        updates = []
-        while waiting and batch.batch_size < limit:
-            updates.append(batch.join(waiting.pop()))
+        free = limit - batch.batch_size
+        joining, waiting = waiting[:free], waiting[free:]
+        updates = batch.join_many(joining) if joining else []
         updates += batch.step()
         for update in updates if on_update else ():
             on_update(update)
     return sequences
 
 
-__all__ = ["BatchedGeneration", "Sequence", "Update", "generate_batch"]
+__all__ = ["BatchedGeneration", "Sequence", "Update", "generate_batch", "left_padded_prompts"]

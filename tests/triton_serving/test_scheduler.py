@@ -1,15 +1,17 @@
 """The front end's in-flight scheduler without a server: the real ORT runner on the tiny export, jobs submitted
-from client threads, every job's tokens equal to its batch-1 generation; limits, queueing, cancellation and a
-client that disappears."""
+from client threads, every job's tokens equal to its batch-1 generation; waiting jobs prefilled together within
+the limits, queueing, cancellation, a client that disappears and a request that breaks the runner."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from llama_export import io_spec
 from llama_export.exporter.artifacts import load_manifest
 from llama_export.triton.scheduler import InFlightScheduler, Job, Metrics, RequestError
 from llama_export.triton.streaming import TextStreamer
@@ -63,6 +65,23 @@ class Client:
     @property
     def ids(self):
         return [t for _, ids, _ in self.pieces for t in ids]
+
+
+class CallLog:
+    """The real runner, logging each call as ("prefill" | "decode", rows, tokens per row)."""
+
+    def __init__(self, runner):
+        self.runner, self.name, self.args, self.kv_dtype = runner, runner.name, runner.args, runner.kv_dtype
+        self.calls: list[tuple[str, int, int]] = []
+
+    def run(self, feeds):
+        rows, tokens = feeds[io_spec.INPUT_IDS].shape
+        kind = "prefill" if feeds[io_spec.past_key(0)].shape[2] == 0 else "decode"
+        self.calls.append((kind, rows, tokens))
+        return self.runner.run(feeds)
+
+    def prefills(self):
+        return [(rows, tokens) for kind, rows, tokens in self.calls if kind == "prefill"]
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +185,40 @@ def test_a_job_whose_text_cannot_be_decoded_fails_alone(setup):
         scheduler.shutdown()
     assert "UnicodeDecodeError" in broken.error and len(broken.ids) == 3
     assert steady.error is None and steady.ids == _reference(runner, steady.sequence)
+
+
+def test_waiting_jobs_are_prefilled_together_within_the_limits(setup):
+    runner, tokenizer, max_seq = setup
+    rng = random.Random(1)
+    sequences = [_sequence(tokenizer, max_seq, i, rng.randint(2, 9)) for i in range(9)]
+    budget = 2 * max(len(s.prompt_ids) for s in sequences)  # at least two per prefill, and not all four rows
+    long_prompt = tokenizer.encode(" ".join(PROMPTS * 4))
+    assert budget < len(long_prompt) < max_seq - 10
+    sequences.insert(4, Sequence(long_prompt, 6, stop_ids=tokenizer.stop_ids, max_length=max_seq))
+    clients = [Client(s, tokenizer) for s in sequences]
+    log = CallLog(runner)
+    scheduler = InFlightScheduler(log, max_batch=4, max_tokens=10_000, max_prefill_tokens=budget)
+    scheduler.run([c.job for c in clients])
+    for client in clients:
+        assert client.error is None and client.ids == _reference(runner, client.sequence)
+    prefills = log.prefills()
+    assert len(prefills) < len(clients) and max(rows for rows, _ in prefills) > 1, "joiners share a prefill"
+    assert all(rows == 1 or rows * tokens <= budget for rows, tokens in prefills), prefills
+    assert (1, len(long_prompt)) in prefills, "a prompt longer than the budget is prefilled alone"
+    assert max(rows for _, rows, _ in log.calls) <= 4
+    kinds = [kind for kind, *_ in log.calls]
+    assert ("prefill", "prefill") not in itertools.pairwise(kinds), "a decode step between two prefills"
+
+
+def test_a_request_that_breaks_the_shared_prefill_fails_alone(setup):
+    runner, tokenizer, max_seq = setup
+    clients = [Client(_sequence(tokenizer, max_seq, i, 6), tokenizer) for i in range(3)]
+    broken = clients[1]
+    broken.sequence.prompt_ids = [runner.args.vocab_size + 7]  # an id outside the embedding: the runner raises
+    log = CallLog(runner)
+    InFlightScheduler(log, max_batch=4, max_tokens=10_000).run([c.job for c in clients])
+    assert log.prefills()[:4] == [(3, max(len(c.sequence.prompt_ids) for c in clients)),
+                                  *((1, len(c.sequence.prompt_ids)) for c in clients)], "together, then alone"
+    assert broken.error and "Gather" in broken.error and broken.ids == []
+    for client in (clients[0], clients[2]):
+        assert client.error is None and client.ids == _reference(runner, client.sequence)

@@ -1,10 +1,12 @@
 """The batched KV loop against batch-1 generation (generate_tokens over KVSession), tiny model, fp32, greedy:
-staggered joins (shorter and longer prompts than the batch's width), leaves at different steps (stop ids,
-max_new_tokens, the context limit, cancellation), one runner call per step. Every test also runs with the cache
-held as torch tensors (TorchCacheRunner), the way the TensorRT runner keeps it on the GPU."""
+staggered joins (shorter and longer prompts than the batch's width), several prompts of different lengths
+prefilled together in one call, leaves at different steps (stop ids, max_new_tokens, the context limit,
+cancellation, the first token), one runner call per step and per join. Every test also runs with the cache held
+as torch tensors (TorchCacheRunner), the way the TensorRT runner keeps it on the GPU."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from llama_export import io_spec
@@ -25,9 +27,11 @@ class CountingRunner:
     def __init__(self, runner):
         self.runner, self.name, self.args, self.kv_dtype = runner, runner.name, runner.args, runner.kv_dtype
         self.batches: list[int] = []
+        self.shapes: list[tuple[int, int]] = []  # (rows, tokens per row) of each call
 
     def run(self, feeds):
         self.batches.append(feeds[io_spec.INPUT_IDS].shape[0])
+        self.shapes.append(feeds[io_spec.INPUT_IDS].shape)
         return self.runner.run(feeds)
 
 
@@ -82,7 +86,10 @@ def _reference(runner, sequence: Sequence) -> list[int]:
 
 def test_staggered_joins_and_leaves_equal_batch_1(runner, prompts):
     ids, eos = prompts
-    budgets = [24, 5, 18, 30, 9, 14]
+    budgets = [24, 5, 18, 30, 9, 14, 1, 0]
+    # 6 and 7 join with 5: the longest prompt of that prefill, finished by its first token (it never takes a
+    # row, so the batch must not widen for it), and one that asks for no token at all.
+    ids = [*ids, ids[2] + ids[4], ids[1]]
     sequences = [Sequence(p, n, stop_ids=frozenset({eos})) for p, n in zip(ids, budgets)]
     sequences[3].max_length = len(ids[3]) + 11  # the context limit ends this one before max_new_tokens
     references = [_reference(runner, s) for s in sequences]
@@ -93,12 +100,20 @@ def test_staggered_joins_and_leaves_equal_batch_1(runner, prompts):
 
     counting = CountingRunner(runner)
     batch = BatchedGeneration(counting)
-    schedule = {0: [0, 1], 2: [2], 3: [3, 4], 6: [5]}  # step -> sequences joining before it
+    # step -> sequences joining before it: staggered single joins, and prompts of different lengths joining
+    # together (0 and 1 into an empty batch, 3 and 4 into a running one, 5-7 with two that never take a row).
+    schedule = {0: [0, 1], 2: [2], 3: [3, 4], 6: [5, 6, 7]}
+    assert len({len(ids[i]) for i in (0, 1)}) == 2 and len({len(ids[i]) for i in (3, 4)}) == 2
     cancel_at, cancelled = 8, sequences[0]
     step, widths = 0, []
     while step in schedule or batch.rows or step < max(schedule):
-        for index in schedule.get(step, []):
-            batch.join(sequences[index])
+        joining = [sequences[i] for i in schedule.get(step, [])]
+        calls = len(counting.batches)
+        updates = batch.join_many(joining)
+        assert [u.sequence for u in updates] == joining
+        prefilled = [s for s in joining if s.max_new_tokens > 0]
+        assert counting.shapes[calls:] == ([(len(prefilled), max(len(s.prompt_ids) for s in prefilled))]
+                                           if prefilled else []), "one prefill call for all the joiners"
         if step == cancel_at:
             batch.cancel(cancelled)
         calls = len(counting.batches)
@@ -120,8 +135,23 @@ def test_staggered_joins_and_leaves_equal_batch_1(runner, prompts):
             assert sequence.tokens == expected, f"sequence {index} ({sequence.finish_reason})"
     assert sequences[2].finish_reason == "stop" and sequences[3].finish_reason == "length"
     assert len(sequences[3].tokens) == 11 < sequences[3].max_new_tokens
+    assert len(sequences[6].tokens) == 1 and sequences[7].tokens == [] and sequences[7].finish_reason == "length"
     assert batch.rows == [] and batch.columns == 0, "every sequence left and freed its row"
     assert widths[3] == len(ids[2]) + 1 > widths[2], "a longer newcomer widens the batch"
+
+
+def test_batched_prefill_logits_are_batch_1_logits_to_float_rounding(runner, prompts):
+    """Left padding moves the real tokens to other offsets of longer reductions: last-bit differences only, far
+    below the gaps greedy decoding depends on (the token tests above)."""
+    ids, _ = prompts
+    batch_1 = np.stack([KVSession(runner).prefill(np.asarray([p]))[0, -1] for p in ids])
+    width = max(len(p) for p in ids)
+    padded = np.asarray([[0] * (width - len(p)) + p for p in ids])
+    mask = np.asarray([[0] * (width - len(p)) + [1] * len(p) for p in ids])
+    together = KVSession(runner).prefill(padded, mask)[:, -1]
+    scale = np.abs(batch_1).max()
+    assert np.abs(together - batch_1).max() <= 1e-5 * scale, np.abs(together - batch_1).max() / scale
+    assert (together.argmax(-1) == batch_1.argmax(-1)).all()
 
 
 def test_generate_batch_with_fewer_rows_than_sequences(runner, prompts):
@@ -129,8 +159,10 @@ def test_generate_batch_with_fewer_rows_than_sequences(runner, prompts):
     sampling = Sampling(temperature=0.8, top_p=0.9, seed=3)  # each row has its own seeded generator
     sequences = [Sequence(p, 12, sampling if i % 2 else Sampling(), frozenset({eos})) for i, p in enumerate(ids)]
     streamed: dict[int, list[int]] = {}
-    generate_batch(runner, sequences, max_batch=4,
+    counting = CountingRunner(runner)
+    generate_batch(counting, sequences, max_batch=4,
                    on_update=lambda u: u.token is not None and streamed.setdefault(id(u.sequence), []).append(u.token))
+    assert counting.shapes[0] == (4, max(len(p) for p in ids[:4])), "the first four are prefilled in one call"
     for sequence in sequences:
         assert sequence.tokens == _reference(runner, sequence)
         assert streamed.get(id(sequence), []) == sequence.tokens
