@@ -228,9 +228,13 @@ def generate(folder, size, checkpoint, random_init, seed, prompts, max_new_token
               help="Most sequences decoding together (more wait in the queue).")
 @click.option("--max-tokens-in-flight", type=click.IntRange(min=1), default=None,
               help="Most KV tokens (prompt + max_new_tokens) reserved over the batch [max-batch x context].")
+@click.option("--max-prefill-tokens", type=click.IntRange(min=1), default=None,
+              help="Most padded tokens (joining requests x their longest prompt) prefilled in one call between two "
+                   "decode steps [the longest prompt accepted].")
 @click.option("--force", is_flag=True, help="Replace model folders of the same names that llama-export did not write.")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of FOLDER's files (sizes are always checked).")
-def triton(folder, repo, name, instances, batching, max_batch, max_tokens_in_flight, force, no_verify):
+def triton(folder, repo, name, instances, batching, max_batch, max_tokens_in_flight, max_prefill_tokens, force,
+           no_verify):
     """Write a Triton model repository for an exported/built FOLDER (ONNX Runtime, TensorRT plan, streaming front end)."""
     try:
         from .triton.repository import write_repository
@@ -238,8 +242,8 @@ def triton(folder, repo, name, instances, batching, max_batch, max_tokens_in_fli
         raise UserError(f"llama-export triton needs {exc.name}: pip install 'llama-export[triton]'") from None
 
     written = write_repository(folder, repo or Path(folder) / "triton", name=name, instances=instances,
-                               batching=batching, max_batch=max_batch, max_tokens=max_tokens_in_flight, force=force,
-                               verify=not no_verify)
+                               batching=batching, max_batch=max_batch, max_tokens=max_tokens_in_flight,
+                               max_prefill_tokens=max_prefill_tokens, force=force, verify=not no_verify)
     click.echo(f"wrote {written.path}: {', '.join(written.models.values())}", err=True)
 
 

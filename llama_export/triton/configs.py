@@ -74,12 +74,13 @@ def frontend_config(name: str, args: ModelArgs, kv_dtype: str, max_input: int, m
                     onnx_model: str | None = None, plan_model: str | None = None,
                     instances: int = 1, ort_threads: int = 1, ort_spinning: bool = True, decoupled: bool = True,
                     scheduler: str = protocol.SCHEDULER_IN_FLIGHT, max_batch: int = 16,
-                    max_tokens: int | None = None) -> pb.ModelConfig:
+                    max_tokens: int | None = None, max_prefill_tokens: int | None = None) -> pb.ModelConfig:
     """The Python model; exactly one of onnx_model (CPU, in-process ORT) or plan_model (GPU, BLS).
 
     decoupled=True streams (gRPC); decoupled=False is the unary sibling, because Triton's HTTP infer endpoint
     refuses decoupled models. scheduler (decoupled only): in-flight batching of up to max_batch sequences and
-    max_tokens reserved KV tokens (default max_batch full contexts), or serial."""
+    max_tokens reserved KV tokens (default max_batch full contexts), the requests waiting at a step prefilled
+    together up to max_prefill_tokens padded tokens per call (default max_input), or serial."""
     if scheduler not in (protocol.SCHEDULER_IN_FLIGHT, protocol.SCHEDULER_SERIAL):
         raise ValueError(f"unknown scheduler {scheduler!r}")
     if (onnx_model is None) == (plan_model is None):
@@ -109,6 +110,7 @@ def frontend_config(name: str, args: ModelArgs, kv_dtype: str, max_input: int, m
     _parameter(config, protocol.PARAM_SCHEDULER, scheduler if decoupled else protocol.SCHEDULER_SERIAL)
     _parameter(config, protocol.PARAM_MAX_BATCH, str(max_batch))
     _parameter(config, protocol.PARAM_MAX_TOKENS, str(max_tokens or max_batch * max_seq))
+    _parameter(config, protocol.PARAM_MAX_PREFILL, str(max_prefill_tokens or max_input))
     if onnx_model:
         _parameter(config, protocol.PARAM_ONNX_MODEL, onnx_model)
         _parameter(config, protocol.PARAM_ORT_THREADS, str(ort_threads))

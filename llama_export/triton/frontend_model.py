@@ -143,10 +143,10 @@ class TritonPythonModel:
         max_batch = int(params.get(protocol.PARAM_MAX_BATCH, "1"))
         max_tokens = int(params.get(protocol.PARAM_MAX_TOKENS, str(max_batch * self.max_seq)))
         metrics = TritonMetrics({"model": args["model_name"], "instance": args["model_instance_name"]})
-        # One prefill call holds at most max_input padded tokens: the engine's prefill profile, and no longer a
-        # pause for the running rows than the longest prompt alone (scheduler.py's docstring).
-        self.scheduler = InFlightScheduler(self.runner, max_batch, max_tokens, metrics,
-                                           max_prefill_tokens=self.max_input)
+        # Padded tokens per prefill call; by default the longest prompt: no longer a pause for the running rows
+        # than one request alone may cause (scheduler.py's docstring).
+        max_prefill = int(params.get(protocol.PARAM_MAX_PREFILL, str(self.max_input)))
+        self.scheduler = InFlightScheduler(self.runner, max_batch, max_tokens, metrics, max_prefill_tokens=max_prefill)
 
     def execute(self, requests):
         if not self.decoupled:  # the unary sibling (HTTP cannot call decoupled models): one response each

@@ -34,6 +34,7 @@ PARAM_ORT_SPINNING = "ort_allow_spinning"  # "0": ORT's idle threads sleep (the 
 PARAM_SCHEDULER = "scheduler"  # SCHEDULER_IN_FLIGHT or SCHEDULER_SERIAL (decoupled front end)
 PARAM_MAX_BATCH = "max_batch"  # most sequences decoding together
 PARAM_MAX_TOKENS = "max_tokens_in_flight"  # most KV tokens reserved (prompt + max_new_tokens) over the batch
+PARAM_MAX_PREFILL = "max_prefill_tokens"  # most padded tokens in one prefill call (joiners x longest prompt)
 PARAM_TENSORRT_VERSION = "tensorrt_version"  # on the tensorrt_plan model: the builder that made the engine
 SCHEDULER_IN_FLIGHT = "in_flight"  # execute() queues; a scheduler thread batches every running request
 SCHEDULER_SERIAL = "serial"  # execute() runs each request to the end before the next (the benchmark baseline)

@@ -137,11 +137,13 @@ def _write_readme(repo: Path, text: str) -> None:
 
 def write_repository(folder: str | Path, repo: str | Path, name: str | None = None,
                      instances: int = 2, batching: bool = True, max_batch: int = 16,
-                     max_tokens: int | None = None, force: bool = False, verify: bool = True) -> Repository:
+                     max_tokens: int | None = None, max_prefill_tokens: int | None = None, force: bool = False,
+                     verify: bool = True) -> Repository:
     """Write REPO for the built folder DIR (see the module docstring); returns what was written.
 
     batching: the decoupled front end batches requests in flight (one instance owning every core, up to
-    max_batch sequences and max_tokens KV tokens); without it, `instances` serial instances of one ORT thread
+    max_batch sequences and max_tokens KV tokens; the requests waiting at a step boundary are prefilled in one
+    call of at most max_prefill_tokens padded tokens, default the longest prompt accepted); without it, `instances` serial instances of one ORT thread
     each (the layout before in-flight batching, kept as the benchmark baseline). The unary sibling always has
     `instances` instances. `verify`: check DIR's files against their sha256 first (sizes are always checked);
     `force`: replace model folders of the same names that llama-export did not write."""
@@ -189,7 +191,7 @@ def write_repository(folder: str | Path, repo: str | Path, name: str | None = No
             _write_frontend(staged[role], tokenizer, configs.frontend_config(
                 models[role], args, kv_dtype, max_input=max_seq - 1, max_seq=max_seq,
                 onnx_model=f"{models['onnx']}/1/model.onnx", decoupled=decoupled, max_batch=max_batch,
-                max_tokens=max_tokens, **layout))
+                max_tokens=max_tokens, max_prefill_tokens=max_prefill_tokens, **layout))
         if engine:
             plan_config = configs.plan_model_config(models["plan"], args, kv_dtype, engine)
             checks.check_model_io(plan_config, args, kv_dtype)
@@ -200,6 +202,7 @@ def write_repository(folder: str | Path, repo: str | Path, name: str | None = No
             _write_frontend(staged["generate_trt"], tokenizer, configs.frontend_config(
                 models["generate_trt"], args, kv_dtype, max_input=limits["max_input"], max_seq=limits["max_seq"],
                 plan_model=models["plan"], max_batch=min(max_batch, limits.get("max_batch", 1)),
+                max_prefill_tokens=max_prefill_tokens,
                 scheduler=protocol.SCHEDULER_IN_FLIGHT if batching else protocol.SCHEDULER_SERIAL))
         for model_dir in staged.values():
             (model_dir / MODEL_MARKER).write_text(marker + "\n", encoding="utf-8")

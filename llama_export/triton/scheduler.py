@@ -9,10 +9,11 @@ Each iteration, at a step boundary: drop cancelled jobs; take the queued jobs th
 prefill them together in ONE runner call (BatchedGeneration.join_many); then one decode step for every row.
 Limits: `max_batch` rows; `max_tokens` reserved KV tokens (prompt + max_new_tokens per job, capped by the
 context) over the running and joining jobs; `max_prefill_tokens` padded tokens in one prefill call (joiners x
-longest joining prompt; the front end passes the graph's / engine profile's longest input, so the call always
-fits the engine's prefill profile). The first job in the queue always goes alone if it is longer than that
-budget. What does not fit waits in the queue (arrival order: a long job is never overtaken for ever by short
-ones); a job that could never fit is refused at submit.
+longest joining prompt; the repository's setting, by default the longest prompt the front end accepts). Any
+call fits an engine's prefill profile: at most max_batch rows, no prompt longer than the profile's input. The
+first job in the queue goes alone if it is longer than the budget. What does not fit waits in the queue
+(arrival order: a long job is never overtaken for ever by short ones); a job that could never fit is refused
+at submit.
 
 Why prefill first (time to first token before the next decode step), bounded to one call per step boundary:
 a burst of joiners waits for one call, not for a queue of batch-1 prefills (the last of eight used to wait for
@@ -21,8 +22,8 @@ reading weights (short prompts, GPUs) the call costs little more than one prefil
 (CPUs) it costs about the sum of theirs, so the last joiner gains little and the first ones wait for the whole
 call (time-to-first-token p99 vs p50; `max_prefill_tokens` sets the trade). Bounding it to one call of at most
 `max_prefill_tokens` between two decode steps keeps the running rows from starving: their inter-token gap grows
-by at most one prefill no longer than the longest prompt the model accepts alone (which a single request may
-always cost), and joiners beyond the budget wait one decode step, then go. Mixing prefill and decode rows in one
+by at most one such prefill (by default as long as the longest prompt, which a single request may always cost),
+and joiners beyond the budget wait one decode step, then go. Mixing prefill and decode rows in one
 call (chunked prefill) does not fit this graph: one call has one sequence length for all rows (decode rows would
 be padded to the prompt's length), and an engine's prefill and decode profiles are separate shapes (past 0 vs
 seq 1).

@@ -49,6 +49,9 @@ def test_cpu_repository_layout_and_configs(tiny_repo, tiny_dir):
     assert generate.instance_group[0].count == 1, "one batching instance owns the cores"
     assert complete.parameters[protocol.PARAM_SCHEDULER].string_value == protocol.SCHEDULER_SERIAL
     assert int(generate.parameters[protocol.PARAM_MAX_TOKENS].string_value) == 16 * built.args.max_seq_len
+    longest_prompt = int(generate.parameters[protocol.PARAM_MAX_INPUT].string_value)
+    assert longest_prompt == built.args.max_seq_len - 1
+    assert int(generate.parameters[protocol.PARAM_MAX_PREFILL].string_value) == longest_prompt
     for model in ("tiny_generate", "tiny_complete"):
         version = tiny_repo / model / "1"
         assert (version / "model.py").is_file()
@@ -181,11 +184,12 @@ def test_cli_writes_the_repository_and_reports_user_errors(tiny_dir, tmp_path):
     from llama_export.cli import main
 
     result = CliRunner().invoke(main, ["triton", str(tiny_dir), "--repo", str(tmp_path / "repo"), "--name", "demo",
-                                       "--no-batching", "--instances", "3"])
+                                       "--no-batching", "--instances", "3", "--max-prefill-tokens", "64"])
     assert result.exit_code == 0, result.output
     serial = _config(tmp_path / "repo" / "demo_generate" / "config.pbtxt")
     assert serial.parameters[protocol.PARAM_SCHEDULER].string_value == protocol.SCHEDULER_SERIAL
     assert serial.instance_group[0].count == 3 and serial.model_transaction_policy.decoupled
+    assert serial.parameters[protocol.PARAM_MAX_PREFILL].string_value == "64"
     missing = CliRunner().invoke(main, ["triton", str(tmp_path / "nothing"), "--repo", str(tmp_path / "r2")])
     assert missing.exit_code == 2 and "llama-export export" in missing.output
     assert not (tmp_path / "r2").exists()
