@@ -108,8 +108,9 @@ class BatchedGeneration:
 
     def join_many(self, sequences: list[Sequence]) -> list[Update]:
         """Prefill `sequences` in one runner call (left-padded to the longest prompt), pick each one's first token
-        and add those it did not finish to the batch. One update per sequence, in order. If the runner call
-        raises, no sequence has changed and the batch is as it was."""
+        and add those it did not finish to the batch. One update per sequence, in order (a sequence that asks for
+        no token finishes without a prefill). If the runner call raises, the batch and every prefilled sequence
+        are as they were, so the caller may retry them."""
         updates: list[Update | None] = [None] * len(sequences)
         prefill = []  # indices into sequences
         for index, sequence in enumerate(sequences):
