@@ -171,10 +171,13 @@ class InFlightScheduler:
                 self._leave(job)
             self.metrics.running(0)
             return
+        # Metrics before the responses: a client that reads the metrics endpoint once its final response came
+        # must see its tokens counted and its row gone (rows that finished in this step have left already).
+        self.metrics.generated(sum(update.token is not None for update in updates))
+        self.metrics.running(self.batch.batch_size)
         for update in updates:
             self._deliver_or_fail(self.jobs[id(update.sequence)], update)
-        self.metrics.generated(sum(update.token is not None for update in updates))
-        self.metrics.running(self.batch.batch_size)  # rows that finished in this step are gone
+        self.metrics.running(self.batch.batch_size)  # rows a stop string or a gone client ended
 
     def _joining(self) -> list[Job]:
         """Take from the queue, in order, the jobs of the next prefill call (see the module docstring)."""
