@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from llama_export.assets.corpus import MODULES, corpus
 from llama_export.config import SIZES
 from llama_export.exporter.checkpoints import SafetensorsCheckpoint, load_model, save_checkpoint
-from llama_export.exporter.model import Transformer
+from llama_export.model import Transformer
 
 PROMPTS = ("The for statement", "The import statement")
 

@@ -28,7 +28,7 @@ import torch
 
 from ..config import SIZES, ModelArgs
 from ..errors import UserError
-from .model import Transformer
+from ..model import Transformer
 
 OWN_FORMAT = "llama-export"
 
@@ -394,11 +394,8 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def load_model(checkpoint: Checkpoint, dtype: torch.dtype = torch.float32) -> Transformer:
-    """Build the reference model on the meta device, then assign the checkpoint's tensors (strict)."""
-    with torch.device("meta"):
-        model = Transformer(checkpoint.args)
-    model.load_state_dict(checkpoint.state_dict(dtype), strict=True, assign=True)
-    return model.eval()
+    """The reference model holding the checkpoint's tensors in `dtype` (Transformer.from_state_dict)."""
+    return Transformer.from_state_dict(checkpoint.args, checkpoint.state_dict(dtype))
 
 
 def safetensors_content_sha256(path: Path, chunk: int = 1 << 24) -> str:

@@ -24,9 +24,9 @@ import torch
 
 from .. import io_spec
 from ..config import ModelArgs, size_name
+from ..model import Transformer, rope_inv_freq
 from ..pending_weights import mark_pending
 from .checkpoints import Checkpoint
-from .model import Transformer, rope_inv_freq
 from .options import DEFAULT_OPSET, KV_DTYPE_NAMES, ExportOptions
 from .weights import attach, embed_constants, start_streamer
 

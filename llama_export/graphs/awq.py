@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..model import TransformerBlock, attention_bias, rope_inv_freq, rope_tables
 from . import int4
 
 N_GRID = 20
@@ -170,8 +171,6 @@ class _InputRecorder:
 
 
 def _load_block(checkpoint, args, layer: int):
-    from ..exporter.model import TransformerBlock
-
     block = TransformerBlock(args).float().eval()
     prefix = f"layers.{layer}."
     state = {name: checkpoint.tensor(prefix + name).float() for name in block.state_dict()}
@@ -224,9 +223,9 @@ def layer_plan(block, inputs: dict[str, torch.Tensor], args, layer: int, plan: A
 @torch.no_grad()
 def awq_plan(checkpoint, windows: list[list[int]], block_size: int,
              progress: Callable[[int], None] | None = None) -> AwqPlan:
-    """Run the calibration windows through the checkpoint's layers one at a time and search each layer."""
-    from ..exporter.model import attention_bias, rope_inv_freq, rope_tables
-
+    """Run the calibration windows through the checkpoint's layers one at a time and search each layer. Of
+    `checkpoint` (an exporter.checkpoints.Checkpoint, passed in by the exporter) only `args` and `tensor(name)`
+    are read."""
     args = checkpoint.args
     ids = torch.tensor(windows)  # equal lengths (calibration.calibration_windows)
     hidden = torch.nn.functional.embedding(ids, checkpoint.tensor("tok_embeddings.weight").float())

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..model import Transformer
 
 CALIBRATION_WINDOW = 512  # tokens per calibration sample (capped at the model's context length)
 DEFAULT_SAMPLES = 32
@@ -159,9 +160,8 @@ def smoothing_factors(model, input_amax: dict[str, np.ndarray], alpha: float) ->
 def calibrate(checkpoint, text: CalibrationText, tokenizer, alpha: float = DEFAULT_ALPHA,
               samples: int = DEFAULT_SAMPLES) -> Calibration:
     """Run the fp32 reference over the calibration windows (text tokenized by `tokenizer`, an
-    exporter.tokenization.Tokenizer); the model is dropped before returning."""
-    from ..exporter.checkpoints import load_model
-
+    exporter.tokenization.Tokenizer); the model is dropped before returning. Of `checkpoint` (an
+    exporter.checkpoints.Checkpoint, passed in by the exporter) only `args` and `state_dict(dtype)` are read."""
     if not 0.0 <= alpha <= 1.0:
         raise UserError(f"--alpha {alpha}: the SmoothQuant migration strength must lie in [0, 1]")
     if tokenizer is None:
@@ -170,7 +170,7 @@ def calibrate(checkpoint, text: CalibrationText, tokenizer, alpha: float = DEFAU
     window = min(CALIBRATION_WINDOW, checkpoint.args.max_seq_len)
     bos = tokenizer.bos_id
     windows = calibration_windows(tokenizer.encode(text.text, bos=False), window, samples, text.source, bos)
-    model = load_model(checkpoint, torch.float32)
+    model = Transformer.from_state_dict(checkpoint.args, checkpoint.state_dict(torch.float32))
     input_amax = collect_input_amax(model, windows)
     factors = smoothing_factors(model, input_amax, alpha)
     del model

@@ -73,7 +73,7 @@ class TorchSide:
         the block's output (float32, [positions, dim])."""
         import torch
 
-        from ..exporter.model import TransformerBlock, attention_bias, rope_inv_freq, rope_tables
+        from ..model import TransformerBlock, attention_bias, rope_inv_freq, rope_tables
 
         with torch.device("meta"):
             module = TransformerBlock(self.args)
@@ -89,7 +89,7 @@ class TorchSide:
     def head(self, weights: dict) -> np.ndarray:
         import torch
 
-        from ..exporter.model import RMSNorm
+        from ..model import RMSNorm
 
         norm = RMSNorm(self.args.dim, self.args.norm_eps)
         norm.weight = torch.nn.Parameter(weights["norm.weight"].to(self.dtype), requires_grad=False)

@@ -12,9 +12,9 @@ import torch
 from llama_export import io_spec
 from llama_export.config import ModelArgs
 from llama_export.exporter.export import trace_graph
-from llama_export.exporter.model import Transformer
 from llama_export.exporter.random_init import RandomCheckpoint
 from llama_export.graphs import cleanup
+from llama_export.model import Transformer
 
 TINY_MHA = ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=128, multiple_of=32, max_seq_len=128)
 TINY_GQA = ModelArgs(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, multiple_of=32,

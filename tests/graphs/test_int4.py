@@ -14,11 +14,11 @@ from onnx import numpy_helper
 
 from llama_export.config import ModelArgs
 from llama_export.exporter.export import export_to_folder
-from llama_export.exporter.model import Transformer
 from llama_export.exporter.options import ExportOptions, prepare_int4
 from llama_export.exporter.random_init import RandomCheckpoint
 from llama_export.exporter.sources import resolve_checkpoint
 from llama_export.graphs import int4
+from llama_export.model import Transformer
 from llama_export.validate.runners import WEIGHT_ONLY_INT8, KVSession, OrtRunner, TorchRunner
 
 # vocab 2048: the tiny asset's tokenizer stands in for this random checkpoint (AWQ tokenizes its text).

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from llama_export.config import ModelArgs
-from llama_export.exporter.model import Transformer
 from llama_export.exporter.random_init import RandomCheckpoint
 from llama_export.graphs.calibration import Calibration, smoothing_factors, smoothing_groups
 from llama_export.graphs.quantize import (
@@ -25,6 +24,7 @@ from llama_export.graphs.quantize import (
     WeightTransform,
     block_linears,
 )
+from llama_export.model import Transformer
 
 ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32)
 

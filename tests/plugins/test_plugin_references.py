@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from llama_export import model
 from llama_export.config import SIZES, ModelArgs
-from llama_export.exporter import model
 from llama_export.plugins.rmsnorm.reference import rms_norm
 from llama_export.plugins.rotary.reference import rotary_embedding
 

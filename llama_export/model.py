@@ -1,9 +1,13 @@
 """The LLaMA reference model: pre-norm RMSNorm, SwiGLU, rotary embeddings, grouped-query attention.
 
+A bottom-layer module (it needs only config.py), because three stages run it: the exporter traces it, graphs/
+calibrates quantization on it (calibration.py whole, awq.py one block at a time) and validate/ compares
+against it. Loading a checkpoint into it is the exporter's (exporter/checkpoints.py).
+
 Follows Meta's model.py with three deliberate differences, all for export:
 - RoPE is real-valued in the *rotate-half* layout (the layout of HF checkpoints, ONNX RotaryEmbedding with
   interleaved=0 and ONNX Runtime's fused op). Meta's consolidated checkpoints use the interleaved layout; their
-  wq/wk rows are permuted at load (checkpoints.py), which gives identical logits.
+  wq/wk rows are permuted at load (exporter/checkpoints.py), which gives identical logits.
 - The KV cache is explicit: forward takes the past keys/values and returns the presents (names in io_spec.py),
   so one traced graph serves prefill (past = 0) and decode (seq = 1).
 - An int64 attention_mask [batch, past + seq] marks real tokens, so left-padded batches work.
@@ -19,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelArgs
+from .config import ModelArgs
 
 
 @functools.lru_cache(maxsize=32)
@@ -153,6 +157,15 @@ class Transformer(nn.Module):
         # Tied (Llama 3.2): no output parameter at all, so the state dict, the traced graph and model.onnx.data
         # hold the matrix once (one initializer read by the Gather and the final MatMul).
         self.output = None if args.tie_embeddings else nn.Linear(args.dim, args.vocab_size, bias=False)
+
+    @classmethod
+    def from_state_dict(cls, args: ModelArgs, state_dict: dict[str, torch.Tensor]) -> Transformer:
+        """The model in eval mode holding `state_dict`'s tensors themselves (strict): built on the meta device and
+        assigned, so no weight is allocated twice."""
+        with torch.device("meta"):
+            model = cls(args)
+        model.load_state_dict(state_dict, strict=True, assign=True)
+        return model.eval()
 
     def forward(self, input_ids, position_ids, attention_mask, *past):
         if len(past) != 2 * self.args.n_layers:
