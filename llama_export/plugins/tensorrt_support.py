@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .triton_aot import PtxKernel
 
 # TensorRT DataType name -> the dtype names of spec.py.
 TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16"}
@@ -29,13 +33,13 @@ def compute_capability() -> int | None:
     return int(value) if value else None
 
 
-def aot_result(compiled, grid, extra_args):
+def aot_result(kernel: PtxKernel, grid, extra_args):
     """(kernel name, PTX, launch params, extra int32 args) for @trtp.aot_impl."""
     import tensorrt.plugin as trtp
 
     launch = trtp.KernelLaunchParams()
     launch.grid_x = grid[0]
-    launch.block_x = compiled.metadata.num_warps * 32
-    launch.shared_mem = compiled.metadata.shared
+    launch.block_x = kernel.num_warps * 32
+    launch.shared_mem = kernel.shared_bytes
     args = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in extra_args])
-    return compiled.metadata.name.encode(), compiled.asm["ptx"].encode(), launch, args
+    return kernel.name.encode(), kernel.ptx.encode(), launch, args

@@ -7,10 +7,15 @@ CPU with TRITON_INTERPRET=1.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import triton
 import triton.language as tl
 
 from .. import spec
+
+if TYPE_CHECKING:
+    from ..triton_aot import PtxKernel
 
 NUM_WARPS = 4
 
@@ -59,7 +64,7 @@ def _dtype(t) -> str:
     return str(t.dtype).removeprefix("torch.")
 
 
-def compile_for_cuda(dtype: str, n_cols: int, epsilon: float, compute_capability: int | None = None):
+def compile_for_cuda(dtype: str, n_cols: int, epsilon: float, compute_capability: int | None = None) -> PtxKernel:
     """PTX for one dtype and hidden size (TensorRT's aot_impl): epsilon and the block are compiled in."""
     from ..triton_aot import TRITON_DTYPES, compile_kernel
 

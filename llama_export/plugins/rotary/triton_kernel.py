@@ -7,10 +7,15 @@ argument order is TensorRT's AOT plugin convention (input pointers, int32 scalar
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import triton
 import triton.language as tl
 
 from .. import spec
+
+if TYPE_CHECKING:
+    from ..triton_aot import PtxKernel
 
 NUM_WARPS = 1  # a row is at most 128 elements
 
@@ -68,7 +73,7 @@ def _dtype(t) -> str:
     return str(t.dtype).removeprefix("torch.")
 
 
-def compile_for_cuda(dtype: str, head_dim: int, interleaved: int, compute_capability: int | None = None):
+def compile_for_cuda(dtype: str, head_dim: int, interleaved: int, compute_capability: int | None = None) -> PtxKernel:
     """PTX for one dtype and head_dim (TensorRT's aot_impl)."""
     from ..triton_aot import TRITON_DTYPES, compile_kernel
 
