@@ -16,12 +16,14 @@ Clipping. Then, on the scaled weights, each block's range max|w| is shrunk by th
 minimises that block's output error on the calibration tokens; skipped for wq/wk as in the paper (their error
 shows in attention scores, which a linear's output loss does not measure).
 
-Memory: the reference never exists whole. The calibration windows' hidden states (windows × tokens × dim fp32)
-go through one layer at a time, its weights read from the checkpoint; each linear keeps at most `max_tokens`
-input rows for the search. Arithmetic for 7B with 32 windows of 512 tokens (an estimate, not a measurement; see
-docs/BENCHMARKS.md, INT4): 0.27 GB of hidden states (updated in place), 0.8 GB of one layer's fp32 weights, 0.6 GB
-of search inputs (4096 rows for each of the 7 linears), about 1 GB of fake-quantized temporaries for the widest
-group, so ~2.7 GB at the peak; the plan the export keeps is one uint8 clip step per block (7B, block 128: 51 MB).
+Memory: the reference never exists whole. The calibration windows' hidden states (windows x tokens x dim fp32)
+go through one layer at a time, its weights read from the checkpoint straight into a block built on the meta
+device; each distinct linear input (wq's serves wk/wv, w1's serves w3) keeps at most `max_tokens` rows for the
+search; the loss and clip searches work on LOSS_OUT_CHUNK / CLIP_OUT_CHUNK output channels at a time. For 7B with
+32 windows of 512 tokens: 0.27 GB of hidden states (updated in place), 0.8 GB of one layer's fp32 weights,
+0.37 GB of search inputs (4096 rows each of wq's, wo's, w1's and w2's inputs) and tens of MB of temporaries;
+docs/BENCHMARKS.md (INT4) has the measured peak. The plan the export keeps is one uint8 clip step per block (7B,
+block 128: 51 MB).
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ MAX_SHRINK = 0.5  # clip ratios 1, 1 - 1/N_GRID, ..., 1 - MAX_SHRINK
 MAX_SEARCH_TOKENS = 4096  # input rows per linear kept for the scale search
 CLIP_TOKENS = 512  # rows used by the clip search (the paper's n_sample_token)
 CLIP_OUT_CHUNK = 256  # output channels per clip-search step (bounds its [tokens, chunk, blocks] temporaries)
+LOSS_OUT_CHUNK = 1024  # output channels per scale-search loss step (bounds its fake-quantized [in, chunk] copies)
+# Linears that read the very same tensor: its rows are recorded once, under the first linear's name.
+SHARED_INPUT = {"attention.wk": "attention.wq", "attention.wv": "attention.wq", "feed_forward.w3": "feed_forward.w1"}
 UNCLIPPED = ("attention.wq", "attention.wk")
 
 
@@ -94,14 +99,15 @@ def _output_loss(x: torch.Tensor, gram: torch.Tensor | None, weights: list[torch
                  block: int) -> float:
     """Σ over the group's linears of ‖X·Wᵀ − (X / s)·Q(W·s)ᵀ‖² / numel, i.e. ‖X·E‖² with E the effective weight
     error Wᵀ − diag(1/s)·Q(diag(s)·Wᵀ); with the Gram matrix XᵀX that is Σ E ⊙ (XᵀX·E), cheaper when
-    in_features < tokens."""
+    in_features < tokens. Output channels are independent (blocks run along the input), so E is built
+    LOSS_OUT_CHUNK columns at a time: at 7B a whole 4096 x 11008 E and its fake-quantized copies were ~1 GB."""
     loss = 0.0
     for w in weights:  # [out, in]
-        error = w.t() - int4.fake_quantize((w * s).t(), block) / s[:, None]  # [in, out]
-        if gram is not None:
-            loss += float((error * (gram @ error)).sum()) / (x.shape[0] * w.shape[0])
-        else:
-            loss += float((x @ error).pow(2).mean())
+        total = 0.0
+        for part in w.split(LOSS_OUT_CHUNK):
+            error = part.t() - int4.fake_quantize((part * s).t(), block) / s[:, None]  # [in, chunk]
+            total += float((error * (gram @ error)).sum()) if gram is not None else float((x @ error).pow(2).sum())
+        loss += total / (x.shape[0] * w.shape[0])
     return loss
 
 
@@ -110,7 +116,7 @@ def search_scale(x: torch.Tensor, weights: list[torch.Tensor], block: int,
     """(s per input channel, α) minimising the group's fake-quantized output error. `share` maps the
     per-channel activation means onto the values that must share one factor (GQA) and back."""
     block = int4.block_size_for(x.shape[1], block)
-    x_mean = x.abs().mean(0)
+    x_mean = sum(rows.abs().sum(0) for rows in x.split(LOSS_OUT_CHUNK)) / x.shape[0]  # no |x| copy of all rows
     if share is not None:
         x_mean = share(x_mean)
     gram = x.t() @ x if x.shape[1] < x.shape[0] else None
@@ -148,14 +154,20 @@ def search_clip(x: torch.Tensor, w: torch.Tensor, block: int) -> np.ndarray:
     return torch.cat(steps, dim=1).numpy()
 
 
+def input_name(linear: str) -> str:
+    """The name a linear's input rows are recorded under (SHARED_INPUT)."""
+    return SHARED_INPUT.get(linear, linear)
+
+
 class _InputRecorder:
-    """Forward hooks that keep every block linear's input rows (strided to `limit` per call)."""
+    """Forward hooks that keep the block linears' input rows (strided to `limit` per call), once per distinct
+    input: wq's rows serve wk and wv, w1's serve w3."""
 
     def __init__(self, block: torch.nn.Module, limit: int):
         self.inputs: dict[str, list[torch.Tensor]] = {}
         self.hooks = []
         for name, module in block.named_modules():
-            if isinstance(module, torch.nn.Linear):
+            if isinstance(module, torch.nn.Linear) and name not in SHARED_INPUT:
                 self.hooks.append(module.register_forward_hook(self._hook(name, limit)))
 
     def _hook(self, name: str, limit: int):
@@ -165,17 +177,27 @@ class _InputRecorder:
         return hook
 
     def take(self, limit: int) -> dict[str, torch.Tensor]:
+        """The recorded rows, one tensor per input; the parts are released as each is joined, so at most one
+        input is held twice."""
         for h in self.hooks:
             h.remove()
-        return {name: _rows(torch.cat(parts), limit) for name, parts in self.inputs.items()}
+        taken = {}
+        for name in list(self.inputs):
+            parts = self.inputs.pop(name)
+            taken[name] = _rows(torch.cat(parts), limit)
+            del parts
+        return taken
 
 
 def _load_block(checkpoint, args, layer: int):
-    block = TransformerBlock(args).float().eval()
+    """One decoder layer in fp32 holding the checkpoint's tensors themselves: built on the meta device and
+    assigned, so no second (randomly initialised) copy of its weights exists even for a moment."""
+    with torch.device("meta"):
+        block = TransformerBlock(args)
     prefix = f"layers.{layer}."
-    state = {name: checkpoint.tensor(prefix + name).float() for name in block.state_dict()}
-    block.load_state_dict(state)
-    return block
+    block.load_state_dict({name: checkpoint.tensor(prefix + name).float() for name in block.state_dict()},
+                          assign=True)
+    return block.eval()
 
 
 @torch.no_grad()
@@ -217,7 +239,8 @@ def layer_plan(block, inputs: dict[str, torch.Tensor], args, layer: int, plan: A
 
     for name, module in block.named_modules():
         if isinstance(module, torch.nn.Linear) and name not in UNCLIPPED:
-            plan.clip_steps[f"{p}.{name}.weight"] = search_clip(inputs[name] / scale_of[name], module.weight, b)
+            x = _rows(inputs[input_name(name)], CLIP_TOKENS) / scale_of[name]  # only the rows the search uses
+            plan.clip_steps[f"{p}.{name}.weight"] = search_clip(x, module.weight, b)
 
 
 @torch.no_grad()
