@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -77,7 +78,7 @@ def sizes(as_json: bool):
 
 
 def _with_quantization(options, ckpt, calibration, calibration_samples, alpha, quantize_lm_head,
-                       quantize_embeddings, block_size=None, int4_method=None):
+                       quantize_embeddings, block_size=None, int4_method=None, quiet=False):
     """`options` with the quantization the command line asks for (int8 and AWQ calibrate on `ckpt` here)."""
     from dataclasses import replace
 
@@ -85,7 +86,27 @@ def _with_quantization(options, ckpt, calibration, calibration_samples, alpha, q
 
     return replace(options, quantization=prepare_quantization(
         ckpt, options.precision, calibration, alpha, calibration_samples, quantize_lm_head, quantize_embeddings,
-        None if block_size is None else int(block_size), int4_method))
+        None if block_size is None else int(block_size), int4_method, None if quiet else _layer_progress("awq")))
+
+
+def _layer_progress(stage: str):
+    """progress(done, total) printing one stderr line per layer with the time left at the pace so far: AWQ
+    searches minutes per layer at 7B, hours in all, and a silent terminal looks hung."""
+    started = time.monotonic()
+
+    def report(done: int, total: int) -> None:
+        elapsed = time.monotonic() - started
+        left = elapsed / done * (total - done)
+        click.echo(f"{stage}: layer {done}/{total} searched, {_duration(elapsed)} elapsed, about {_duration(left)} "
+                   f"left", err=True)
+    return report
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def default_out(size: str | None, checkpoint: Path | None, precision: str, float_dtype: str | None = None) -> Path:
@@ -112,7 +133,7 @@ def export(size, checkpoint, random_init, seed, precision, opset, target, out, q
     out = check_replaceable(out or default_out(size, checkpoint, precision, float_dtype), force=force,
                             protect=[checkpoint])  # before calibration
     options = _with_quantization(options, ckpt, calibration, calibration_samples, alpha, quantize_lm_head,
-                                 quantize_embeddings, block_size, int4_method)
+                                 quantize_embeddings, block_size, int4_method, quiet)
     folder = export_to_folder(ckpt, out, options, quiet=quiet, force=force)
     if not quiet:
         click.echo(f"wrote {folder}", err=True)
@@ -358,7 +379,7 @@ def build(size, checkpoint, random_init, seed, precision, opset, target, out, qu
     out = check_replaceable(out or default_out(size, checkpoint, precision, float_dtype), force=force,
                             protect=[checkpoint])  # before calibration
     export = _with_quantization(export, ckpt, calibration, calibration_samples, alpha, quantize_lm_head,
-                                quantize_embeddings, block_size, int4_method)
+                                quantize_embeddings, block_size, int4_method, quiet)
     options = BuildOptions(export=export, engine=engine, builder=builder,
                            limits=default_limits(ckpt.args.max_seq_len, max_batch, max_input, max_seq),
                            timing_cache=timing_cache, validate=validate, validate_steps=steps, triton=triton,

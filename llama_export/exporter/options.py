@@ -23,6 +23,8 @@ from ..errors import UserError
 from ..graphs.quantize import QUANTIZED_PRECISIONS, QuantOptions
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .checkpoints import Checkpoint
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -102,10 +104,11 @@ class ExportOptions:
 def prepare_quantization(checkpoint: Checkpoint, precision: str, calibration_file: str | Path | None = None,
                          alpha: float | None = None, samples: int | None = None, quantize_lm_head: bool = False,
                          quantize_embeddings: bool = False, block_size: int | None = None,
-                         int4_method: str | None = None) -> QuantOptions | None:
+                         int4_method: str | None = None,
+                         progress: Callable[[int, int], None] | None = None) -> QuantOptions | None:
     """QuantOptions for a quantized precision (None for float ones), after checking that each option applies to
     it. int8 (W8A8) calibrates here: the fp32 Torch reference runs over `calibration_file` (default: the tiny
-    model's training text) and is dropped again; int4-wo: prepare_int4."""
+    model's training text) and is dropped again; int4-wo: prepare_int4 (`progress` reports AWQ's layers)."""
     from ..graphs import calibration as cal
     from .export import find_tokenizer_for
 
@@ -123,7 +126,7 @@ def prepare_quantization(checkpoint: Checkpoint, precision: str, calibration_fil
         if alpha is not None:
             raise UserError("--alpha applies to --precision int8 (SmoothQuant), not int4-wo")
         return prepare_int4(checkpoint, calibration_file, samples, quantize_lm_head, quantize_embeddings,
-                            block_size, int4_method)
+                            block_size, int4_method, progress)
     if block_size is not None or int4_method is not None:
         raise UserError(f"--block-size / --int4-method apply to --precision int4-wo, not {precision}")
     calibration = None
@@ -145,8 +148,9 @@ def _refuse_tied_quantization(checkpoint: Checkpoint, quantize_lm_head: bool, qu
 
 def prepare_int4(checkpoint: Checkpoint, calibration_file: str | Path | None = None, samples: int | None = None,
                  quantize_lm_head: bool = False, quantize_embeddings: bool = False, block_size: int | None = None,
-                 int4_method: str | None = None) -> QuantOptions:
-    """QuantOptions for int4-wo; AWQ (the default method) calibrates here, one layer at a time (graphs/awq.py)."""
+                 int4_method: str | None = None, progress: Callable[[int, int], None] | None = None) -> QuantOptions:
+    """QuantOptions for int4-wo; AWQ (the default method) calibrates here, one layer at a time (graphs/awq.py),
+    calling `progress(done, total)` after each."""
     from ..graphs import calibration as cal
     from ..graphs.awq import calibrate_awq
     from ..graphs.int4 import BLOCK_SIZES, DEFAULT_BLOCK_SIZE
@@ -163,7 +167,7 @@ def prepare_int4(checkpoint: Checkpoint, calibration_file: str | Path | None = N
     plan = None
     if int4_method == "awq":
         text = cal.builtin_text() if calibration_file is None else cal.read_calibration_file(calibration_file)
-        plan = calibrate_awq(checkpoint, text, find_tokenizer_for(checkpoint), block_size, samples)
+        plan = calibrate_awq(checkpoint, text, find_tokenizer_for(checkpoint), block_size, samples, progress)
     elif calibration_file is not None:
         raise UserError("--calibration applies to --int4-method awq (rtn needs no calibration)")
     return QuantOptions("int4-wo", quantize_lm_head, quantize_embeddings, block_size=block_size,

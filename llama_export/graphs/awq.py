@@ -270,9 +270,10 @@ def awq_plan(checkpoint, windows: list[list[int]], block_size: int,
     return plan
 
 
-def calibrate_awq(checkpoint, text, tokenizer, block_size: int, samples: int | None = None) -> AwqPlan:
+def calibrate_awq(checkpoint, text, tokenizer, block_size: int, samples: int | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> AwqPlan:
     """awq_plan on `text` (calibration.CalibrationText) tokenized by `tokenizer` (exporter.tokenization), windowed
-    as int8's calibration is."""
+    as int8's calibration is. `progress(done, total)` is called after each layer (minutes each at 7B)."""
     from ..errors import UserError
     from .calibration import CALIBRATION_WINDOW, DEFAULT_SAMPLES, calibration_windows
 
@@ -283,7 +284,9 @@ def calibrate_awq(checkpoint, text, tokenizer, block_size: int, samples: int | N
     bos = tokenizer.bos_id
     windows = calibration_windows(tokenizer.encode(text.text, bos=False), window,
                                   DEFAULT_SAMPLES if samples is None else samples, text.source, bos)
-    plan = awq_plan(checkpoint, windows, block_size)
+    n_layers = checkpoint.args.n_layers
+    plan = awq_plan(checkpoint, windows, block_size,
+                    None if progress is None else (lambda layer: progress(layer + 1, n_layers)))
     plan.calibration = {"source": text.source, "sha256": text.sha256, "samples": len(windows),
                         "tokens": sum(map(len, windows))}
     return plan

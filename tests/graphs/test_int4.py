@@ -208,8 +208,8 @@ def test_awq_beats_rtn_on_heldout_perplexity():
 
 
 def test_cli_export_records_method_block_and_calibration(tmp_path):
-    """`export --precision int4-wo` with AWQ (the default method) on the tiny model: the manifest says what was
-    done, and a calibration file's sha256 is the one of its bytes."""
+    """`export --precision int4-wo` with AWQ (the default method) on the tiny model: the search reports each
+    layer, the manifest says what was done, and a calibration file's sha256 is the one of its bytes."""
     import hashlib
 
     from click.testing import CliRunner
@@ -220,8 +220,14 @@ def test_cli_export_records_method_block_and_calibration(tmp_path):
     text.write_text("def f(x):\n    return x + 1\n" * 600)
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["export", "--precision", "int4-wo", "--block-size", "64", "--calibration",
-                                       str(text), "--calibration-samples", "2", "--out", str(out), "--quiet"])
+                                       str(text), "--calibration-samples", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
+    # one line per searched layer, the last with nothing left (not --quiet: the 7B search takes hours)
+    n_layers = resolve_checkpoint().args.n_layers
+    lines = [line for line in result.stderr.splitlines() if line.startswith("awq: ")]
+    assert [line.split(" searched")[0] for line in lines] == [f"awq: layer {i}/{n_layers}" for i in
+                                                               range(1, n_layers + 1)]
+    assert lines[-1].endswith("about 0 s left")
     quant = json.loads((out / "manifest.json").read_text())["quantization"]
     assert quant["method"] == "int4-wo" and quant["int4_method"] == "awq" and quant["block_size"] == 64
     assert quant["awq"]["sha256"] == hashlib.sha256(text.read_bytes()).hexdigest()
