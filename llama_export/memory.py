@@ -14,6 +14,7 @@ page cache counts as free, since the kernel reclaims it before it OOM-kills), an
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 from dataclasses import dataclass
@@ -183,5 +184,18 @@ def streamed_validation_need(args: ModelArgs) -> Need:
                 f"{STREAMED_TABLE_FACTOR}, fp32")
 
 
+def release_free_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's malloc_trim; nothing elsewhere). Torch frees a
+    CPU tensor to malloc, and glibc keeps freed chunks below its mmap threshold (which grows to 32 MB as large
+    chunks are freed) in the heap, where fragments pin whole pages: a long loop of mid-size temporaries, such
+    as AWQ's per-layer search, otherwise grows RssAnon from one iteration to the next (measured: 1.06 → 2.07 GB
+    after each of four 7B layers, against 0.53 GB each with this call)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim(0)
+
+
 __all__ = ["LIMIT_ENV", "Limit", "Need", "engine_need", "estimated_weight_bytes", "export_need", "memory_limit", "parse_size",
-           "streamed_validation_need", "whole_validation_need"]
+           "release_free_heap", "streamed_validation_need", "whole_validation_need"]

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "llama_export"
 # What graphs/ may import from the package: itself and the layers below it (plugins/spec.py is shared with graphs/
 # by design). Anything else (exporter/, engine/, validate/, triton/, build, cli) runs after the graph passes.
 GRAPHS_MAY_IMPORT = ("llama_export.graphs", "llama_export.assets", "llama_export.plugins", "llama_export.config",
-                     "llama_export.errors", "llama_export.io_spec", "llama_export.model",
+                     "llama_export.errors", "llama_export.io_spec", "llama_export.memory", "llama_export.model",
                      "llama_export.pending_weights")
 # Dependencies whose underscore modules and names change without notice.
 PRIVATE_API_ROOTS = ("onnx", "onnx_ir", "onnxruntime", "onnxscript", "polygraphy", "tensorrt", "tensorrt_rtx",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -56,3 +58,30 @@ def test_cgroup_file_cache_counts_as_headroom(tmp_path):
     # headroom would be below cap - 400 MB.
     assert cap - 150 * MB < headroom <= cap, done.stdout
     assert folder.name in done.stdout
+
+
+RELEASE_PROBE = """
+import json, pathlib, torch
+from llama_export.memory import release_free_heap
+
+def rss_anon():
+    status = pathlib.Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) * 1024 for line in status if line.startswith("RssAnon:"))
+
+torch.ones(4 << 20)  # freeing a 16 MB mmapped chunk raises glibc's mmap threshold: later 1 MB ones use the heap
+chunks = [torch.ones(1 << 18) for _ in range(300)]  # 300 x 1 MB, touched
+keep = chunks[-1]  # the heap's top stays in use, so free() alone cannot give the rest back
+del chunks
+before = rss_anon()
+release_free_heap()
+print(json.dumps({"before": before, "after": rss_anon()}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "malloc_trim"), reason="release_free_heap acts on glibc only")
+def test_release_free_heap_returns_freed_chunks_pinned_below_the_heap_top():
+    """The 300 MB of freed 1 MB tensors under a live one stay resident until release_free_heap (AWQ calls it after
+    each layer)."""
+    probe = subprocess.run([sys.executable, "-c", RELEASE_PROBE], capture_output=True, text=True, check=True)
+    rss = json.loads(probe.stdout)
+    assert rss["before"] - rss["after"] > 200e6, rss

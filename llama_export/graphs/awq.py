@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..memory import release_free_heap
 from ..model import TransformerBlock, attention_bias, rope_inv_freq, rope_tables
 from . import int4
 
@@ -160,32 +161,35 @@ def input_name(linear: str) -> str:
 
 
 class _InputRecorder:
-    """Forward hooks that keep the block linears' input rows (strided to `limit` per call), once per distinct
-    input: wq's rows serve wk and wv, w1's serve w3."""
+    """Forward hooks that copy the block linears' input rows (strided to `per_call` rows per call) into one
+    preallocated fp32 buffer per distinct input (wq's rows serve wk and wv, w1's serve w3): no per-call parts to
+    join at the end, which at 7B held w2's 180 MB of rows twice."""
 
-    def __init__(self, block: torch.nn.Module, limit: int):
-        self.inputs: dict[str, list[torch.Tensor]] = {}
-        self.hooks = []
-        for name, module in block.named_modules():
-            if isinstance(module, torch.nn.Linear) and name not in SHARED_INPUT:
-                self.hooks.append(module.register_forward_hook(self._hook(name, limit)))
+    def __init__(self, block: torch.nn.Module, per_call: int, calls: int):
+        self.per_call, self.capacity = per_call, per_call * calls
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.filled: dict[str, int] = {}
+        self.hooks = [module.register_forward_hook(self._hook(name)) for name, module in block.named_modules()
+                      if isinstance(module, torch.nn.Linear) and name not in SHARED_INPUT]
 
-    def _hook(self, name: str, limit: int):
+    def _hook(self, name: str):
         def hook(module, inputs, output):
-            x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
-            self.inputs.setdefault(name, []).append(_rows(x, limit))
+            rows = _rows(inputs[0].detach().reshape(-1, inputs[0].shape[-1]), self.per_call)
+            if name not in self.buffers:
+                self.buffers[name], self.filled[name] = torch.empty(self.capacity, rows.shape[1]), 0
+            start = self.filled[name]
+            if start + rows.shape[0] > self.capacity:
+                raise RuntimeError(f"{name}: more than the {self.capacity} input rows the recorder was sized for")
+            self.buffers[name][start:start + rows.shape[0]] = rows
+            self.filled[name] = start + rows.shape[0]
         return hook
 
     def take(self, limit: int) -> dict[str, torch.Tensor]:
-        """The recorded rows, one tensor per input; the parts are released as each is joined, so at most one
-        input is held twice."""
+        """At most `limit` recorded rows per input (views of the buffers when they hold no more)."""
         for h in self.hooks:
             h.remove()
-        taken = {}
-        for name in list(self.inputs):
-            parts = self.inputs.pop(name)
-            taken[name] = _rows(torch.cat(parts), limit)
-            del parts
+        taken = {name: _rows(buffer[:self.filled[name]], limit) for name, buffer in self.buffers.items()}
+        self.buffers.clear()
         return taken
 
 
@@ -260,11 +264,12 @@ def awq_plan(checkpoint, windows: list[list[int]], block_size: int,
     plan = AwqPlan(block_size)
     for layer in range(args.n_layers):
         block = _load_block(checkpoint, args, layer)
-        recorder = _InputRecorder(block, per_call)
+        recorder = _InputRecorder(block, per_call, len(windows))
         for w in range(len(windows)):  # one window at a time: attention temporaries stay one window's
             hidden[w:w + 1] = block(hidden[w:w + 1], cos, sin, bias, empty, empty)[0]
         layer_plan(block, recorder.take(MAX_SEARCH_TOKENS), args, layer, plan)
         del block, recorder
+        release_free_heap()  # else freed search temporaries pile up in the C heap from layer to layer
         if progress is not None:
             progress(layer)
     return plan

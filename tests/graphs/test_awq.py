@@ -49,7 +49,7 @@ def test_shared_inputs_are_recorded_once_and_are_what_those_linears_read():
 
     probes = [module.register_forward_hook(probe(name)) for name, module in block.named_modules()
               if name in awq.SHARED_INPUT]
-    recorder = awq._InputRecorder(block, limit=10_000)
+    recorder = awq._InputRecorder(block, per_call=10_000, calls=1)
     seq = 16
     cos, sin = rope_tables(torch.arange(seq)[None], rope_inv_freq(ARGS))
     empty = torch.zeros(1, ARGS.kv_heads, 0, ARGS.head_dim)
@@ -59,7 +59,7 @@ def test_shared_inputs_are_recorded_once_and_are_what_those_linears_read():
     for probe in probes:
         probe.remove()
     inputs = recorder.take(10_000)
-    assert recorder.inputs == {}  # the per-call parts are released
+    assert recorder.buffers == {}  # the recorder lets go of its buffers
     assert set(inputs) == {"attention.wq", "attention.wo", "feed_forward.w1", "feed_forward.w2"}
     assert set(seen) == set(awq.SHARED_INPUT)
     for linear in awq.SHARED_INPUT:
