@@ -5,9 +5,10 @@
 Runs the library calls `llama-export export --size 7b --precision int4-wo --target ort` makes (prepare_int4, then
 export_to_folder) on random 7B weights cut to `--layers` decoder layers (the search holds one layer at a time, so
 its peak should not grow with depth: compare two layer counts). The calibration text is the built-in one, tokenized
-by the tiny asset's tokenizer (as for any random checkpoint). A thread samples this process's RssAnon (anonymous
-memory: what the OOM killer counts; page cache does not count) every 20 ms and keeps the largest value per phase
-(each searched layer, the export), and RssAnon right after each layer.
+by the tiny asset's tokenizer (as for any random checkpoint). A thread samples the RssAnon (anonymous memory: what
+the OOM killer counts; page cache does not count) of this process and its children (the weight-streaming child)
+every 20 ms and keeps the largest value per phase (each searched layer, the export), and RssAnon right after each
+layer.
 Memory freed in one phase may stay in the allocator, so a phase's peak includes what earlier phases left behind.
 With --export-layers the export is the full depth (7B: 32) with the searched layers' plan repeated (the search
 would take hours): the export's memory and time with a plan of the real size.
@@ -17,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import threading
 import time
-from pathlib import Path
+
+from process_memory import memory_of, process_tree  # benchmarks/process_memory.py (this script's folder)
 
 from llama_export.config import SIZES
 from llama_export.exporter.export import export_to_folder
@@ -28,10 +31,8 @@ from llama_export.exporter.random_init import RandomCheckpoint
 
 
 def rss_anon() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no RssAnon in /proc/self/status")
+    """RssAnon of this process and its children: the export streams 7B-size weights from a child process."""
+    return sum(memory_of(pid)[0] for pid in process_tree(os.getpid()))
 
 
 class PhasePeaks:
